@@ -1,0 +1,166 @@
+"""The ``road-ray`` command line (DESIGN §8 — a contract other tools rely on).
+
+Subcommands import their machinery lazily, so ``road-ray --help`` is instant and commands
+that need no Ray never import it. Every bad input exits non-zero with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from road_ray.config import ConfigError
+
+EPILOG = "Docs: README.md and docs/. Every command exits non-zero with a one-line reason on bad input."
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="raw dataset (or MiniCity) -> Parquet shards + manifest.json",
+        description="Convert a dataset in its original layout into Parquet shards (one row per image, "
+        "labels as trainIds) plus manifest.json (row counts, class-pixel histogram, skipped files).",
+    )
+    p.add_argument("dataset", help="cityscapes | gta5 | synthia | minicity")
+    p.add_argument("--root", help="the dataset's root folder in its original layout (real datasets)")
+    p.add_argument("--out", required=True, help="output folder or URI (s3://, gs://, file://)")
+    p.add_argument("--size", default="default", help="MiniCity size: small | default")
+    p.add_argument("--seed", type=int, default=0, help="MiniCity seed")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    p.add_argument("--image-format", default="png", choices=["png", "jpeg"], help="image encoding in the shards")
+    p.add_argument("--shard-mb", type=int, default=256, help="target size of one Parquet part in MB")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared output")
+    p.set_defaults(run=cmd_prepare)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="one ROAD training run on Ray Train",
+        description="Train one model with the ROAD objective (paper Eq. 5) on Ray Train. Prints, as the last "
+        "line of stdout, a JSON object with iter, miou and checkpoint.",
+    )
+    p.add_argument("--config", help="YAML config file (nested keys as in road_ray/config.py)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set road.lambda_dist=0.1 (repeatable)")  # fmt: skip
+    p.add_argument("--smoke", action="store_true", help="the real path at toy size (MiniCity small, a few iterations)")
+    p.add_argument("--storage", help="where runs are kept (folder or URI); default ~/road-ray-results")
+    p.add_argument("--name", help="run name; a run restarted with the same storage and name resumes")
+    p.set_defaults(run=cmd_train)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint: per-class IoU and mIoU",
+        description="Evaluate a checkpoint on a split: one confusion matrix over the whole split, IoU per class, "
+        "mIoU over the label space (19; 16 and 13 for SYNTHIA).",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint directory written by road-ray train")
+    src.add_argument("--experiment", help="a sweep experiment directory (with --best)")
+    p.add_argument("--best", action="store_true", help="with --experiment: the best trial's best checkpoint")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--shards", help="a shard folder (one split) to evaluate on")
+    data.add_argument("--dataset", help="cityscapes | gta5 | synthia | minicity (raw layout under --root)")
+    p.add_argument("--root", help="dataset root for --dataset")
+    p.add_argument("--split", default="val", help="split to evaluate (default val)")
+    p.add_argument("--save-predictions", metavar="DIR", help="write labelIds PNGs and colour overlays here")
+    p.add_argument("--json", metavar="FILE", help="write the scores as JSON")
+    p.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the checkpoint's config)")
+    p.add_argument("--scale", type=float, help="whole-image inference scale (default: the checkpoint's config)")
+    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    p.set_defaults(run=cmd_eval)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="sweep table + plots", description="Turn a sweep experiment into a Markdown table and PNG plots.")
+    p.add_argument("--experiment", required=True, help="the sweep experiment directory")
+    p.add_argument("--out", help="output folder (default: EXPERIMENT/report)")
+    p.set_defaults(run=cmd_report)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="speed ratios measured side by side in one run")
+    p.add_argument("what", choices=["step", "data", "eval"])
+    p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    p.set_defaults(run=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="road-ray",
+        description="ROAD (Reality Oriented ADaptation) for synthetic-to-real semantic segmentation, on Ray.",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{prepare,train,eval,report,bench}")
+    _add_prepare(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_report(sub)
+    _add_bench(sub)
+    return parser
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    if args.dataset == "minicity":
+        from road_ray.data.minicity import write_minicity
+
+        manifest = write_minicity(args.out, size=args.size, seed=args.seed, num_workers=args.workers,
+                                  overwrite=args.overwrite)  # fmt: skip
+    else:
+        from road_ray.data.prepare import DATASETS, prepare_dataset
+
+        if args.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {args.dataset!r}; expected one of {', '.join(DATASETS)}, minicity")
+        if not args.root:
+            raise ValueError(f"road-ray prepare {args.dataset}: --root DIR is required")
+        manifest = prepare_dataset(args.dataset, args.root, args.out, num_workers=args.workers,
+                                   shard_bytes=args.shard_mb * 1024 * 1024, image_format=args.image_format,
+                                   overwrite=args.overwrite)  # fmt: skip
+    splits = {k: v["rows"] for k, v in manifest["splits"].items()}
+    print(f"wrote {args.out}: rows per split {splits}; skipped {len(manifest.get('skipped', []))} inputs (see manifest.json)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from road_ray.on_ray.train import train_from_cli
+
+    summary = train_from_cli(config_path=args.config, overrides=args.overrides, smoke=args.smoke,
+                             storage=args.storage, name=args.name)  # fmt: skip
+    print(json.dumps(summary))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from road_ray.engine.evaluate_cli import eval_from_cli
+
+    eval_from_cli(args)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from road_ray.sweeps.report import write_report
+
+    write_report(args.experiment, args.out)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from road_ray.bench import run_bench
+
+    run_bench(args.what, args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"road-ray {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"road-ray {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Typed configuration: every default of road-ray lives in this file.
+
+A run is described by one :class:`Config` (model, data, ROAD loss, optimizer, run). It is
+loaded from YAML (nested mappings) and/or dotted overrides (``road.lambda_dist=0.1``).
+An unknown key or a value of the wrong type is a :class:`ConfigError` naming the key and
+what was expected; nothing is silently ignored.
+
+The defaults describe the embedded MiniCity benchmark on the small backbone (what
+``road-ray train`` and ``python tune.py`` run with no arguments). The paper's setups
+(GTA5/SYNTHIA -> Cityscapes, DeepLab-VGG16, PSPNet-ResNet101) are YAML files in
+``configs/`` that override these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+Mode = Literal["nonadapt", "dst", "spt", "road", "frozen", "source_dist", "oracle"]
+Arch = Literal["deeplabv2", "pspnet"]
+Backbone = Literal["small", "vgg16", "resnet50", "resnet101"]
+LabelSpace = Literal["cityscapes19", "synthia16"]
+EvalMode = Literal["whole", "slide"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+_GRID_RE = re.compile(r"^([1-9][0-9]*)x([1-9][0-9]*)$")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the key and what was expected."""
+
+
+def parse_grid(grid: str) -> tuple[int, int]:
+    """Parse a partition grid ``"HxW"`` (paper Sec. 3.2, Fig. 6) into ``(H, W)``.
+
+    ``H`` splits the original image along the vertical axis (rows), ``W`` along the
+    horizontal axis; both at least 1. ``"3x3"`` is the paper's best.
+    """
+    m = _GRID_RE.match(str(grid).strip())
+    if not m:
+        raise ValueError(f"grid {grid!r} is not of the form HxW with H, W >= 1 (e.g. '1x1', '2x1', '3x3')")
+    return int(m.group(1)), int(m.group(2))
+
+
+@dataclass
+class ModelConfig:
+    """Segmentation network (paper Sec. 4.1) and the teacher tap (Eq. 1)."""
+
+    arch: Arch = "deeplabv2"
+    backbone: Backbone = "small"
+    num_classes: int = 19
+    # Layer of the backbone whose features are distilled (Eq. 1): layer2|layer3|layer4 for
+    # ResNets and the small net, conv3|conv4|conv5 for VGG-16.
+    teacher_layer: str = "layer4"
+    # "auto": torchvision's ImageNet weights (real backbones) or the MiniCity-pretrained
+    # small backbone (cached by content); "none": random init; otherwise a path to a
+    # state dict of the backbone.
+    pretrained: str = "auto"
+    # Distillation toward a random teacher is meaningless; refuse it unless asked for.
+    allow_untrained_teacher: bool = False
+    # Output stride of the dilated backbones (DeepLab-v2 / PSPNet use 8).
+    output_stride: int = 8
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how crops are cut (DESIGN §2)."""
+
+    # Shard folders or URIs; "" means the embedded MiniCity shards (prepared on demand).
+    source: str = ""
+    target: str = ""
+    target_val: str = ""
+    source_val: str = ""
+    # Which embedded MiniCity size fills the empty paths above ("small" for smoke runs/tests).
+    minicity_size: Literal["small", "default"] = "default"
+    label_space: LabelSpace = "cityscapes19"
+    crop_size: int = 161
+    batch_source: int = 5  # paper: 5 source + 5 target crops per step
+    batch_target: int = 5
+    # Every image is first resized by base_scale, then by a random factor in scale_range.
+    base_scale: float = 1.0
+    scale_min: float = 0.75
+    scale_max: float = 1.25
+    flip: bool = True
+    # Evaluation: whole-image inference at eval_scale (then upsampled to full size),
+    # or sliding windows of crop_size.
+    eval_mode: EvalMode = "whole"
+    eval_scale: float = 1.0
+    # Ray Data: CPUs per map task; how many batches to prefetch.
+    cpus_per_map_task: float = 0.5
+    prefetch_batches: int = 2
+    max_val_images: int = 0  # 0 = the whole split
+
+
+@dataclass
+class ROADConfig:
+    """The ROAD objective, paper Eq. 5: L = L_seg + λ1·L_dist + λ2·L_spt."""
+
+    mode: Mode = "road"
+    lambda_dist: float = 0.1  # λ1 (paper: 0.1)
+    lambda_spt: float = 0.01  # λ2 (paper: 0.01)
+    grid: str = "3x3"  # spatial partition H x W (paper Fig. 6; 3x3 is best)
+    grl_coeff: float = 1.0  # gradient-reversal coefficient (Eq. 4 via [8])
+    classifier_hidden: int = 256  # hidden channels of each region's domain classifier
+    frozen_stages: int = 2  # mode "frozen": backbone stages with lr 0 (Sec. 4.3)
+
+
+@dataclass
+class OptimConfig:
+    """SGD as in the paper (Sec. 4.1): lr 2.5e-4, momentum 0.9, wd 5e-4, poly 0.9, head ×10."""
+
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    head_lr_mult: float = 10.0
+    classifier_lr_mult: float = 10.0
+    max_iters: int = 500
+
+
+@dataclass
+class RunConfig:
+    """How a run is executed and reported."""
+
+    num_workers: int = 1
+    use_gpu: bool | None = None  # None: use a GPU when one is present
+    cpus_per_worker: float = 1.0
+    precision: Precision = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    eval_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    max_failures: int = 2
+    storage: str = ""  # "" -> ~/road-ray-results
+    name: str = ""  # "" -> built from the settings
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    road: ROADConfig = field(default_factory=ROADConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> "Config":
+        """Cross-field checks; raises ConfigError naming the key."""
+        try:
+            parse_grid(self.road.grid)
+        except ValueError as e:
+            raise ConfigError(f"road.grid: {e}") from None
+        for key, value in [("road.lambda_dist", self.road.lambda_dist), ("road.lambda_spt", self.road.lambda_spt)]:
+            if value < 0:
+                raise ConfigError(f"{key}: expected a value >= 0, got {value}")
+        if self.data.crop_size < 16:
+            raise ConfigError(f"data.crop_size: expected >= 16, got {self.data.crop_size}")
+        if not 0 < self.data.scale_min <= self.data.scale_max:
+            raise ConfigError(
+                f"data.scale_min/scale_max: expected 0 < scale_min <= scale_max, got {self.data.scale_min}, {self.data.scale_max}"
+            )
+        if self.run.num_workers < 1:
+            raise ConfigError(f"run.num_workers: expected >= 1, got {self.run.num_workers}")
+        if self.optim.max_iters < 1:
+            raise ConfigError(f"optim.max_iters: expected >= 1, got {self.optim.max_iters}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------
+# Loading and overriding
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check/convert ``value`` to the field's annotation, or raise ConfigError naming the key."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        choices = get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: unexpected value {value!r}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported annotation {annotation!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _apply(obj: Any, mapping: dict[str, Any], prefix: str = "") -> None:
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {mapping!r}")
+    hints = _hints(type(obj))
+    for key, value in mapping.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(hints)}")
+        annotation = hints[key]
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _coerce(full, value, annotation))
+
+
+def _parse_scalar(text: str) -> Any:
+    """An override's value is parsed as YAML (``0.1``, ``true``, ``3x3`` stays a string)."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
+    """Apply dotted overrides: ``["road.lambda_dist=0.1", ...]`` or ``{"road.lambda_dist": 0.1}``."""
+    items: list[tuple[str, Any]]
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for text in overrides:
+            if "=" not in text:
+                raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. road.lambda_dist=0.1")
+            key, value = text.split("=", 1)
+            items.append((key.strip(), _parse_scalar(value.strip())))
+    for key, value in items:
+        parts = key.split(".")
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        _apply(cfg, nested)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any] | None) -> Config:
+    cfg = Config()
+    if data:
+        _apply(cfg, data)
+    return cfg.validate()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then the dotted overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        _apply(cfg, data)
+    if overrides:
+        apply_overrides(cfg, overrides)
+    return cfg.validate()
+
+
+# The whole real path at toy size (``road-ray train --smoke``, ``tune.py --smoke``): MiniCity
+# small, tiny crops, a few iterations, one worker; well under two minutes on two CPU cores.
+SMOKE_OVERRIDES: dict[str, Any] = {
+    "data.minicity_size": "small",
+    "data.crop_size": 64,
+    "data.batch_source": 2,
+    "data.batch_target": 2,
+    "data.max_val_images": 8,
+    "optim.max_iters": 6,
+    "run.eval_every": 3,
+    "run.log_every": 2,
+    "run.num_workers": 1,
+    "run.cpus_per_worker": 0.5,
+}
+
+
+def valid_keys() -> list[str]:
+    """All dotted keys, for help texts and search-space validation."""
+    keys = []
+    cfg = Config()
+    for section in dataclasses.fields(cfg):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            keys.append(f"{section.name}.{f.name}")
+    return keys

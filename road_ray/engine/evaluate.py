@@ -1,0 +1,106 @@
+"""Whole-split evaluation (DESIGN §3): one confusion matrix over the split, summed across workers.
+
+Besides the oracle mIoU (needs target labels) it computes a label-free selection proxy,
+the mean per-pixel prediction entropy on the target images (lower = more confident), which
+a user without target labels can use to pick a model (reported beside, never instead of,
+the oracle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from road_ray.engine.inference import predict_slide, predict_whole
+from road_ray.engine.metrics import ConfusionMatrix, segmentation_scores
+from road_ray.labels import NUM_CLASSES, LabelSpace
+
+
+@dataclass
+class EvalSettings:
+    mode: str = "whole"  # "whole" | "slide"
+    scale: float = 1.0
+    window: int = 321
+    max_images: int = 0  # 0 = all
+    autocast_dtype: torch.dtype | None = None
+
+
+def predict(model: nn.Module, image: torch.Tensor, settings: EvalSettings) -> torch.Tensor:
+    if settings.mode == "slide":
+        return predict_slide(model, image, settings.window)
+    if settings.mode == "whole":
+        return predict_whole(model, image, settings.scale)
+    raise ValueError(f"eval mode {settings.mode!r}: expected 'whole' or 'slide'")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[dict[str, Any]],
+    label_space: LabelSpace,
+    settings: EvalSettings,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    all_reduce: Callable[[torch.Tensor], None] | None = None,
+    on_prediction: Callable[[str, np.ndarray, np.ndarray | None], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on every image of ``batches`` exactly once across ``world_size`` ranks.
+
+    Each rank takes images ``rank, rank + world_size, ...``; the confusion matrices and the
+    entropy sums are then summed with ``all_reduce``. Returns the scores of
+    ``segmentation_scores`` (``miou`` None when the split has no labels) plus ``entropy``
+    and ``images``.
+    """
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(NUM_CLASSES, device=device)
+    # [entropy sum, pixel count, images, labeled images] kept on the device: no per-image host sync
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
+    for index, batch in enumerate(batches):
+        if settings.max_images and index >= settings.max_images:
+            break
+        if index % world_size != rank:
+            continue
+        image = batch["image"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=settings.autocast_dtype, enabled=settings.autocast_dtype is not None):
+            logits = predict(model, image, settings)
+        logits = logits.float()
+        prob = torch.softmax(logits, dim=1)
+        entropy = -(prob * torch.log(prob.clamp_min(1e-12))).sum(1)
+        pred = logits.argmax(1)
+        totals[0] += entropy.sum()
+        totals[1] += entropy.numel()
+        totals[2] += image.shape[0]
+        label = batch.get("label")
+        if label is not None:
+            label = label.to(device, non_blocking=True)
+            cm.update(pred, label)
+            totals[3] += image.shape[0]
+        if on_prediction is not None:
+            ids = batch.get("id") or [f"{index:06d}"]
+            for i, image_id in enumerate(ids):
+                on_prediction(
+                    str(image_id),
+                    pred[i].to(torch.uint8).cpu().numpy(),
+                    None if label is None else label[i].to(torch.uint8).cpu().numpy(),
+                )
+    if all_reduce is not None and world_size > 1:
+        cm.all_reduce(all_reduce)
+        all_reduce(totals)
+    model.train(was_training)
+    entropy_sum, pixels, images, labeled = totals.tolist()
+    if labeled > 0:
+        scores = segmentation_scores(cm.matrix, label_space)
+    else:  # no labels: mIoU is unavailable, never 0
+        scores = {"miou": None, "iou": {}, "label_space": label_space.name}
+    scores["entropy"] = entropy_sum / pixels if pixels else None
+    scores["images"] = int(images)
+    scores["confusion_matrix"] = cm.matrix.cpu().numpy()
+    return scores

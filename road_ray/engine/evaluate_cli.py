@@ -1,0 +1,162 @@
+"""``road-ray eval``: a checkpoint on a split, as a table, JSON and (optionally) prediction PNGs.
+
+Runs without Ray: shards are streamed with pyarrow, one image at a time. Predictions are
+written as Cityscapes **labelIds** PNGs at the ground truth's full resolution,
+``{id}_pred_labelIds.png`` (what ``cityscapesscripts``' evaluator reads), plus colour overlays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from road_ray.data.shards import iter_rows, join
+from road_ray.data.transforms import decode_image, decode_label, normalize
+from road_ray.engine.checkpoint import load_checkpoint, load_student_state, read_checkpoint_config
+from road_ray.engine.evaluate import EvalSettings, evaluate
+from road_ray.labels import CLASS_NAMES, colorize, get_label_space, trainid_to_cityscapes
+from road_ray.models import build_segmenter
+
+# Which prepared split a raw dataset's "--split" maps to (Cityscapes val is the benchmark).
+RAW_DATASETS = ("cityscapes", "gta5", "synthia", "minicity")
+
+
+def shard_batches(shard_dir: str, max_images: int = 0) -> Iterator[dict[str, Any]]:
+    """Whole images of a shard folder as batches of one (labeled rows carry their label)."""
+    for n, row in enumerate(iter_rows(shard_dir)):
+        if max_images and n >= max_images:
+            return
+        image = decode_image(row["image"])
+        batch: dict[str, Any] = {"image": torch.from_numpy(normalize(image[None])), "id": [row["id"]]}
+        if row.get("label") is not None:
+            batch["label"] = torch.from_numpy(decode_label(row["label"]).astype(np.int64))[None]
+        yield batch
+
+
+def load_model(checkpoint_dir: str) -> tuple[torch.nn.Module, Any, int]:
+    """The deployed model of a checkpoint: the plain segmentation network (no teacher, no classifiers)."""
+    cfg = read_checkpoint_config(checkpoint_dir)
+    cfg.model.pretrained = "none"  # the weights come from the checkpoint
+    model = build_segmenter(cfg.model)
+    payload = load_checkpoint(checkpoint_dir)
+    load_student_state(model, payload["student"], checkpoint_dir)
+    model.eval()
+    return model, cfg, payload["iteration"]
+
+
+class PredictionWriter:
+    """Writes ``{id}_pred_labelIds.png`` (full resolution) and ``{id}_overlay.png``."""
+
+    def __init__(self, out_dir: str, images: dict[str, np.ndarray] | None = None):
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.images = images if images is not None else {}
+
+    def __call__(self, image_id: str, pred: np.ndarray, label: np.ndarray | None) -> None:
+        Image.fromarray(trainid_to_cityscapes(pred)).save(self.out / f"{image_id}_pred_labelIds.png")
+        rgb = self.images.pop(image_id, None)
+        colour = colorize(pred)
+        overlay = colour if rgb is None else (0.5 * rgb + 0.5 * colour).astype(np.uint8)
+        panels = [overlay] if label is None else [overlay, colorize(label)]
+        Image.fromarray(np.concatenate(panels, axis=1)).save(self.out / f"{image_id}_overlay.png")
+
+
+def _with_images(batches: Iterator[dict[str, Any]], keep: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+    """Remember each image's RGB (undoing the normalization) for its overlay."""
+    from road_ray.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
+    for batch in batches:
+        x = batch["image"][0].numpy()
+        keep[batch["id"][0]] = np.clip((x * std + mean) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        yield batch
+
+
+def format_table(scores: dict[str, Any]) -> str:
+    lines = [f"{'class':<15} {'IoU':>6}"]
+    for name in CLASS_NAMES:
+        v = scores["iou"].get(name)
+        lines.append(f"{name:<15} {'  n/a' if v is None else f'{v:6.2f}'}")
+    miou = scores["miou"]
+    lines.append(f"{'mIoU':<15} {'  n/a' if miou is None else f'{miou:6.2f}'}  ({scores['label_space']})")
+    for key in ("miou16", "miou13"):
+        if key in scores:
+            lines.append(f"{key:<15} {scores[key]:6.2f}")
+    return "\n".join(lines)
+
+
+def resolve_checkpoint(args: argparse.Namespace) -> str:
+    if args.checkpoint:
+        return args.checkpoint
+    if not args.best:
+        raise ValueError("--experiment needs --best (evaluate the best trial's checkpoint)")
+    from road_ray.sweeps.results import best_checkpoint
+
+    return best_checkpoint(args.experiment)
+
+
+def resolve_shards(args: argparse.Namespace, cfg: Any, tmp: str) -> str:
+    if args.shards:
+        return args.shards
+    if args.dataset:
+        if args.dataset not in RAW_DATASETS:
+            raise ValueError(f"unknown dataset {args.dataset!r}; expected one of {', '.join(RAW_DATASETS)}")
+        if args.dataset == "minicity":
+            from road_ray.engine.resolve import ensure_minicity
+
+            split = {"val": "target_val"}.get(args.split, args.split)
+            return join(str(ensure_minicity(cfg.data.minicity_size)), split)
+        if not args.root:
+            raise ValueError(f"--dataset {args.dataset} needs --root DIR")
+        from road_ray.data.prepare import prepare_dataset
+
+        prepare_dataset(args.dataset, args.root, tmp, progress=False)
+        return join(tmp, args.split)
+    if cfg.data.target_val:  # default: the checkpoint's own target val split
+        return cfg.data.target_val
+    raise ValueError("no data to evaluate on: pass --shards DIR or --dataset NAME --root DIR")
+
+
+def eval_from_cli(args: argparse.Namespace) -> dict[str, Any]:
+    checkpoint = resolve_checkpoint(args)
+    model, cfg, iteration = load_model(checkpoint)
+    settings = EvalSettings(
+        mode=args.mode or cfg.data.eval_mode, scale=args.scale or cfg.data.eval_scale,
+        window=cfg.data.crop_size, max_images=args.max_images,
+    )  # fmt: skip
+    label_space = get_label_space(cfg.data.label_space)
+    with tempfile.TemporaryDirectory(prefix="road-ray-eval-") as tmp:
+        shards = resolve_shards(args, cfg, tmp)
+        batches: Iterator[dict[str, Any]] = shard_batches(shards, args.max_images)
+        writer = None
+        if args.save_predictions:
+            keep: dict[str, np.ndarray] = {}
+            batches = _with_images(batches, keep)
+            writer = PredictionWriter(args.save_predictions, keep)
+        start = time.perf_counter()
+        scores = evaluate(model, batches, label_space, settings, torch.device("cpu"), on_prediction=writer)
+        seconds = time.perf_counter() - start
+    if scores["images"] == 0:
+        raise ValueError(f"{shards}: no images to evaluate")
+    if scores["miou"] is None:
+        raise ValueError(f"{shards}: no labeled rows; mIoU is unavailable")
+    print(f"checkpoint {checkpoint} (iteration {iteration}) on {shards}: {scores['images']} images, "
+          f"{settings.mode} inference, {scores['images'] / seconds:.2f} img/s", file=sys.stderr)  # fmt: skip
+    print(format_table(scores))
+    result = {k: v for k, v in scores.items() if k != "confusion_matrix"}
+    result.update({"checkpoint": str(checkpoint), "shards": shards, "iteration": iteration})
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result

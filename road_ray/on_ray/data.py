@@ -1,0 +1,446 @@
+"""Ray Data streams of shards and the mixed-domain step iterator (DESIGN §2).
+
+The flow, per domain::
+
+    Parquet shards --read_parquet (file order shuffled every epoch)--> rows {id, image, label}
+      --with_column(crop_nonce = random(seed), new values every epoch)-->
+      --map_batches(CropBatch) on fractional-CPU tasks--> rows {image, label, box, id}
+      --streaming_split(n, equal=True) in Ray Train--> one DataIterator per worker
+      --iter_torch_batches(drop_last, local shuffle)--> tensors
+
+and :func:`mixed_domain_batches` zips a source batch with a target batch every step.
+
+Why not ``randomize_block_order()``: in this Ray it is an all-to-all operator that waits for
+*every* block of the split before emitting the first one, i.e. it reads the whole split into
+the object store (spilling to disk) each epoch. We shuffle the order of the shard files at read
+time instead (``FileShuffleConfig(reseed_after_execution=True)``: a new order every epoch,
+streaming) and mix rows with a local shuffle buffer in the iterator. Memory stays bounded by
+a few blocks per operator whatever the split's size.
+
+Deployment note (measured on 2 CPUs): with fractional CPUs per task (``cpus_per_map_task <
+1``) more Ray worker processes run than the node has CPUs, and Ray keeps only
+``num_workers_soft_limit`` (default: the CPU count) of them once idle, so every epoch starts
+fresh workers that re-import pyarrow/OpenCV (seconds of CPU each; epochs took 7-9 s instead
+of 2-3 s). Whoever starts Ray should raise it, e.g. ``RAY_num_workers_soft_limit=8`` in the
+environment of ``ray start``/``ray.init``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, Union
+
+import numpy as np
+import ray
+import torch
+from ray.data import DataContext, DataIterator, Dataset, FileShuffleConfig
+from ray.data.collate_fn import NumpyBatchCollateFn
+from ray.data.expressions import col, random as random_expr
+
+from road_ray.config import DataConfig
+from road_ray.data.shards import list_shard_files
+from road_ray.data.transforms import NONCE_COLUMN, CropBatch, WholeImageBatch
+
+# Rows per map_batches call: small enough that one call is a fraction of a second on
+# 2048x1024 images and its output (~2 MB per 321² crop) stays small, large enough to amortize
+# the per-call overhead on tiny images.
+MAP_BATCH_ROWS = 16
+# Local shuffle buffer of the step iterator when none is given: this many batches of rows.
+DEFAULT_SHUFFLE_BATCHES = 8
+# Read shards with Ray Data's DataSourceV2 Parquet reader (slow per-epoch start, see read_shards).
+USE_DATASOURCE_V2 = False
+# Set ROAD_RAY_DATA_VERBOSE=1 to keep Ray Data's progress bars and per-execution log lines.
+VERBOSE_ENV = "ROAD_RAY_DATA_VERBOSE"
+
+Stream = Union[DataIterator, Dataset]
+
+
+# ---------------------------------------------------------------------------------------
+# Datasets
+
+
+def _quiet(ds: Dataset) -> Dataset:
+    """Silence this dataset's progress bars and per-execution logs (one set per epoch otherwise).
+
+    The settings live on the dataset's own DataContext, so they travel with it into Train's
+    split coordinator and do not touch other datasets of the process.
+    """
+    if _verbose():
+        return ds
+    ctx = ds.context
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    _quiet_loggers()
+    return ds
+
+
+def _quiet_loggers() -> None:
+    """Ray Data lines logged unconditionally: "Dataset ... execution finished in N seconds" (every
+    epoch), the Parquet reader's size estimates (every read) and "Progress bars disabled"."""
+    if _verbose():
+        return
+    for name, level in [
+        ("ray.data._internal.execution.streaming_executor", logging.WARNING),
+        ("ray.data._internal.datasource.parquet_datasource", logging.WARNING),
+        ("ray.data._internal.progress", logging.ERROR),
+    ]:
+        logging.getLogger(name).setLevel(level)
+
+
+def _verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def read_shards(
+    path: str,
+    *,
+    columns: list[str] | None = None,
+    shuffle_files: bool = False,
+    seed: int | None = None,
+    num_cpus: float | None = None,
+) -> Dataset:
+    """Stream the rows of a shard folder (local path or URI) as a Ray Dataset.
+
+    Args:
+        path: a shard folder of ``part-*.parquet`` files (``road_ray.data.shards``); a missing or
+            empty folder is a ValueError naming it, before Ray plans anything.
+        columns: the columns to read (projection pushed down into the Parquet scan).
+        shuffle_files: read the files in a new random order at every execution (epoch).
+        seed: makes that order reproducible (still different per epoch).
+        num_cpus: CPUs reserved by each read task (fractional on small machines).
+    """
+    files = list_shard_files(path)
+    _quiet_loggers()
+    shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle_files else None
+    # Ray 2.60 routes read_parquet through "DataSourceV2" by default: a ListFiles task that
+    # costs 2-8 s per execution here (vs ~0.15 s for the V1 reader), and our streams execute
+    # once per epoch. The V1 reader does everything we need (projection/filter pushdown,
+    # per-epoch file shuffle); the flag is read when the dataset is built.
+    ctx = DataContext.get_current()
+    saved = ctx.use_datasource_v2, ctx.enable_progress_bars
+    ctx.use_datasource_v2 = USE_DATASOURCE_V2
+    ctx.enable_progress_bars = ctx.enable_progress_bars and _verbose()  # the footer-sampling bar
+    try:
+        ds = ray.data.read_parquet(files, shuffle=shuffle, num_cpus=num_cpus)
+    finally:
+        ctx.use_datasource_v2, ctx.enable_progress_bars = saved
+    if columns is not None:
+        ds = ds.select_columns(list(columns))
+    return _quiet(ds)
+
+
+def train_stream(path: str, cfg: DataConfig, *, seed: int, labeled: bool) -> Dataset:
+    """Random crops of one domain's train split: rows ``{image, box, id}`` (+ ``label`` if labeled).
+
+    ``image`` float32 [3,c,c] (ImageNet-normalized), ``label`` int64 [c,c] (255 = ignore),
+    ``box`` float32 [8] (``road_ray.data.boxes``). A labeled stream keeps only the rows that
+    have a label (filter pushed into the scan); an unlabeled one does not even read labels.
+    Every execution of the returned dataset (every epoch) cuts new crops (see CropBatch).
+    """
+    cpus = cfg.cpus_per_map_task
+    columns = ["id", "image", "label"] if labeled else ["id", "image"]
+    ds = read_shards(path, columns=columns, shuffle_files=True, seed=seed, num_cpus=cpus)
+    if labeled:
+        ds = ds.filter(expr=col("label").is_not_null(), num_cpus=cpus)
+    ds = ds.with_column(NONCE_COLUMN, random_expr(seed=seed, reseed_after_execution=True), num_cpus=cpus)
+    ds = ds.map_batches(
+        CropBatch(cfg, seed=seed, labeled=labeled),  # an instance, not a class: stateless tasks
+        batch_format="numpy",
+        batch_size=MAP_BATCH_ROWS,
+        num_cpus=cpus,
+    )
+    # The rows keep CropBatch's "id" (which image a crop came from): dropping it would cost a
+    # separate Project stage (one more task per block), as Ray does not fuse it into the UDF.
+    return _quiet(ds)
+
+
+def val_stream(path: str, cfg: DataConfig, *, max_images: int = 0) -> Dataset:
+    """Whole labeled images of a validation split: rows ``{image [3,H,W], label [H,W], id}``.
+
+    Unlabeled rows are skipped. ``max_images`` (or, when 0, ``cfg.max_val_images``) caps the
+    number of images, 0 meaning the whole split; the subset is the first labeled rows in shard
+    order, the same at every evaluation (``Dataset.limit`` would take whichever rows stream in
+    first). Images are decoded one per task call, so a split may mix image sizes.
+    """
+    cpus = cfg.cpus_per_map_task
+    ds = read_shards(path, columns=["id", "image", "label"], num_cpus=cpus)
+    ds = ds.filter(expr=col("label").is_not_null(), num_cpus=cpus)
+    limit = max_images if max_images > 0 else cfg.max_val_images
+    if limit > 0:
+        ds = ds.filter(expr=col("id").is_in(_first_labeled_ids(path, limit)), num_cpus=cpus)
+    ds = ds.map_batches(WholeImageBatch(labeled=True), batch_format="numpy", batch_size=1, num_cpus=cpus)
+    return _quiet(ds)
+
+
+def _first_labeled_ids(path: str, n: int) -> list[str]:
+    """The ids of the first ``n`` labeled rows of a shard folder, in file order (reads only those)."""
+    import pyarrow.parquet as pq
+
+    from road_ray.data.shards import open_fs
+
+    ids: list[str] = []
+    for uri in list_shard_files(path):
+        fs, file_path = open_fs(uri)
+        for batch in pq.ParquetFile(file_path, filesystem=fs).iter_batches(batch_size=64, columns=["id", "label"]):
+            labeled = batch.column("label").is_valid().to_pylist()
+            ids.extend(i for i, ok in zip(batch.column("id").to_pylist(), labeled) if ok)
+            if len(ids) >= n:
+                return ids[:n]
+    return ids
+
+
+# ---------------------------------------------------------------------------------------
+# Iterators (run inside the Train workers)
+
+
+class _TensorColumns(NumpyBatchCollateFn):
+    """Collate: the named numpy columns of a batch as CPU tensors (Ray moves them to the device)."""
+
+    def __init__(self, columns: Iterable[str]):
+        self.columns = tuple(columns)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in self.columns:
+            array = np.ascontiguousarray(batch[name])
+            if not array.flags.writeable:  # zero-copy views of Arrow buffers are read-only
+                array = array.copy()
+            out[name] = torch.from_numpy(array)
+        return out
+
+
+def _endless_batches(
+    stream: Stream,
+    *,
+    name: str,
+    columns: tuple[str, ...],
+    batch_size: int,
+    prefetch_batches: int,
+    device: str | torch.device,
+    shuffle_buffer: int | None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Full batches of ``stream`` forever: a new epoch (a new execution: new crops, new file
+    order) starts whenever one ends. On a ``streaming_split`` iterator every epoch start is a
+    barrier across the splits, which ``equal=True`` keeps in step (equal rows -> equal batches)."""
+    if shuffle_buffer is None:
+        shuffle_buffer = DEFAULT_SHUFFLE_BATCHES * batch_size
+    buffer = max(shuffle_buffer, batch_size) if shuffle_buffer > 0 else None
+    while True:
+        batches = 0
+        for batch in stream.iter_torch_batches(
+            batch_size=batch_size,
+            prefetch_batches=prefetch_batches,
+            local_shuffle_buffer_size=buffer,
+            drop_last=True,
+            collate_fn=_TensorColumns(columns),
+            device=device,
+        ):
+            batches += 1
+            yield batch
+        if batches == 0:
+            raise RuntimeError(
+                f"the {name} stream holds fewer rows than one batch of {batch_size} "
+                f"(after splitting across workers): no step can be taken; use more data or a smaller batch"
+            )
+
+
+def mixed_domain_batches(
+    source_it: Stream,
+    target_it: Stream,
+    *,
+    batch_source: int,
+    batch_target: int,
+    prefetch_batches: int,
+    device: str | torch.device = "cpu",
+    shuffle_buffer: int | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """One step batch per iteration, forever (the batch contract of docs/ARCHITECTURE.md).
+
+    Yields ``{"source_image" [Bs,3,h,w], "source_label" int64 [Bs,h,w], "source_box" [Bs,8],
+    "target_image" [Bt,3,h,w], "target_box" [Bt,8]}``, always full batches. The two streams
+    are zipped per step (not ``Dataset.zip``, which needs equal row counts) and each re-opens
+    on its own when it ends, so the training loop decides the number of steps.
+
+    ``source_it``/``target_it``: what ``ray.train.get_dataset_shard`` returns (a DataIterator
+    of Train's ``streaming_split(n, equal=True)``: every rank gets the same rows per epoch, hence
+    the same number of full batches, so all ranks reach each epoch start, a barrier across the
+    splits, at the same step) or a Dataset. Every rank must keep taking steps: a rank that
+    stops iterating holds the others at the next epoch start.
+    ``shuffle_buffer``: rows of the local shuffle buffer per stream; None means
+    ``DEFAULT_SHUFFLE_BATCHES`` batches, 0 turns it off. ``device``: where tensors land
+    (``"auto"``: the Train worker's device).
+    """
+    common = dict(prefetch_batches=prefetch_batches, device=device, shuffle_buffer=shuffle_buffer)
+    source = _endless_batches(source_it, name="source", columns=("image", "label", "box"), batch_size=batch_source, **common)
+    target = _endless_batches(target_it, name="target", columns=("image", "box"), batch_size=batch_target, **common)
+    for s, t in zip(source, target):
+        yield {
+            "source_image": s["image"],
+            "source_label": s["label"],
+            "source_box": s["box"],
+            "target_image": t["image"],
+            "target_box": t["box"],
+        }
+
+
+def iter_val_batches(it: Stream, device: str | torch.device = "cpu") -> Iterator[dict[str, Any]]:
+    """Whole validation images one at a time: ``{"image" [1,3,H,W], "label" int64 [1,H,W], "id": [str]}``."""
+    for batch in it.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=1):
+        yield {
+            "image": torch.from_numpy(np.array(batch["image"], dtype=np.float32)).to(device),
+            "label": torch.from_numpy(np.array(batch["label"], dtype=np.int64)).to(device),
+            "id": [str(i) for i in batch["id"]],
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Benchmark: Ray Data vs a PyTorch DataLoader on the same shards
+
+
+class _ShardCrops(torch.utils.data.IterableDataset):
+    """The DataLoader side of :func:`compare_with_dataloader`: the same Parquet files read with
+    pyarrow (row groups dealt round-robin to the loader's workers) and the same transform,
+    applied one row at a time (what a torch Dataset does)."""
+
+    def __init__(self, path: str, cfg: DataConfig, seed: int):
+        self.files = list_shard_files(path)
+        self.crop = CropBatch(cfg, seed=seed, labeled=True)
+
+    def __iter__(self):
+        import pyarrow.parquet as pq
+
+        from road_ray.data.shards import open_fs
+
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        unit = 0
+        for uri in self.files:
+            fs, file_path = open_fs(uri)
+            pf = pq.ParquetFile(file_path, filesystem=fs)
+            for group in range(pf.num_row_groups):
+                unit += 1
+                if unit % workers != worker:
+                    continue
+                table = pf.read_row_group(group, columns=["id", "image", "label"])
+                for row in table.to_pylist():
+                    if row["label"] is None:
+                        continue
+                    one = {k: np.array([row[k]], dtype=object) for k in ("id", "image", "label")}
+                    out = self.crop(one)
+                    yield {"image": out["image"][0], "label": out["label"][0], "box": out["box"][0]}
+
+
+def _tree_cpu_seconds() -> dict[int, float]:
+    """CPU time (user + system) per process of this process tree: with a local Ray instance that
+    is the raylet, GCS and every Ray worker; with a DataLoader, its workers."""
+    try:
+        import psutil  # ships with ray[default]
+    except ImportError:
+        return {}
+    out = {}
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            out[proc.pid] = times.user + times.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def _cpu_seconds_since(before: dict[int, float]) -> float:
+    # per process, so that a process exiting meanwhile (Ray reaps idle workers) does not
+    # subtract its whole history; its last moments are lost (a small underestimate)
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in _tree_cpu_seconds().items())
+
+
+def _crops_per_second(batches: Iterator[dict[str, torch.Tensor]], steps: int, batch_size: int, warmup: int) -> dict[str, float]:
+    """Time ``steps`` batches after ``warmup`` batches (start-up: worker processes, imports)."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        assert next(batches)["image"].shape[0] == batch_size
+    warm, cpu_warm = time.perf_counter(), _tree_cpu_seconds()
+    for _ in range(steps):
+        next(batches)
+    end, cpu = time.perf_counter(), _cpu_seconds_since(cpu_warm)
+    batches.close()
+    crops = steps * batch_size
+    return {
+        "warmup_s": warm - start,
+        "crops_per_s": crops / max(end - warm, 1e-9),
+        # robust to other load on the machine: CPU time of the whole process tree per crop
+        "cpu_ms_per_crop": 1000 * cpu / crops,
+    }
+
+
+def compare_with_dataloader(path: str, cfg: DataConfig, num_workers: int, steps: int) -> dict[str, Any]:
+    """Crops/s of the Ray Data stream vs a ``torch.utils.data.DataLoader`` with ``num_workers``
+    processes, on the same labeled shards with the same transform and batch size.
+
+    Ray Data gets the same CPU budget: ``resource_limits.cpu = num_workers`` and one CPU per
+    task, i.e. at most ``num_workers`` processes decoding and cropping, like the DataLoader
+    (``cfg.cpus_per_map_task`` is ignored here). Both re-open their stream when an epoch ends.
+    Each side first runs one epoch untimed (start-up, reported as ``warmup_s``), then
+    ``steps`` timed batches. ``cpu_ms_per_crop`` is the CPU time of the whole process tree
+    (for Ray: driver, raylet, GCS, workers) per crop, less distorted by other load on the
+    machine than the wall-clock rates; ``load_avg`` tells how busy the machine was.
+    Needs a running local Ray instance (``ray.init`` first).
+    """
+    from ray.data import ExecutionResources
+
+    from road_ray.data.shards import count_rows
+
+    batch = cfg.batch_source
+    warmup = max(1, count_rows(path) // batch)
+    load_before = os.getloadavg()[0]
+    ds = train_stream(path, dataclasses.replace(cfg, cpus_per_map_task=1.0), seed=0, labeled=True)
+    ds.context.execution_options.resource_limits = ExecutionResources(cpu=num_workers)
+
+    def ray_batches():
+        return _endless_batches(
+            ds, name="bench", columns=("image", "label", "box"), batch_size=batch,
+            prefetch_batches=cfg.prefetch_batches, device="cpu", shuffle_buffer=0,
+        )  # fmt: skip
+
+    def loader_batches():
+        loader = torch.utils.data.DataLoader(
+            _ShardCrops(path, cfg, seed=0),
+            batch_size=batch,
+            num_workers=num_workers,
+            drop_last=True,
+            persistent_workers=num_workers > 0,
+            prefetch_factor=cfg.prefetch_batches if num_workers > 0 else None,
+        )
+        while True:
+            yield from loader
+
+    ray_result = _crops_per_second(ray_batches(), steps, batch, warmup)
+    loader_result = _crops_per_second(loader_batches(), steps, batch, warmup)
+    return {
+        "num_workers": num_workers,
+        "steps": steps,
+        "batch_size": batch,
+        "crop_size": cfg.crop_size,
+        "ray_data": ray_result,
+        "dataloader": loader_result,
+        # > 1: Ray Data is faster / spends less CPU per crop than the DataLoader
+        "ratio": ray_result["crops_per_s"] / loader_result["crops_per_s"],
+        "cpu_ratio": loader_result["cpu_ms_per_crop"] / max(ray_result["cpu_ms_per_crop"], 1e-9),
+        "load_avg": [load_before, os.getloadavg()[0]],
+    }
+
+
+__all__ = [
+    "read_shards",
+    "train_stream",
+    "val_stream",
+    "mixed_domain_batches",
+    "iter_val_batches",
+    "compare_with_dataloader",
+]

@@ -1,0 +1,255 @@
+"""One ROAD run on Ray Train (Train V2): the driver that builds the TorchTrainer, and the worker.
+
+The worker function knows nothing of the driver (Ray's examples' shape): it reads its config,
+takes its Ray Data shards, resumes from ``ray.train.get_checkpoint()`` and runs the plain
+PyTorch loop of ``road_ray.engine.loop`` with Ray hooks. Only trainable modules (student,
+domain classifiers) go through ``prepare_model``/DDP; the frozen teacher does not.
+
+A run is named deterministically, so restarting with the same storage and name resumes it
+(Train V2 restores its snapshot and hands the latest checkpoint to the workers), and
+``FailureConfig(max_failures)`` replaces a dead worker group from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+
+from road_ray.config import SMOKE_OVERRIDES, Config, apply_overrides, config_from_dict, load_config
+from road_ray.engine.loop import LoopHooks, TrainingDiverged, train_loop
+from road_ray.data.shards import join, open_fs
+from road_ray.engine.resolve import check_shard_folders, resolve_config
+from road_ray.on_ray.data import iter_val_batches, mixed_domain_batches, train_stream, val_stream
+from road_ray.paths import default_storage
+
+# Injected failures for the fault-tolerance test: "ITER" makes rank 0 exit hard at that
+# iteration, once (a marker file next to the run remembers that it already happened).
+FAULT_ENV = "ROAD_RAY_INJECT_FAULT_AT"
+
+
+def run_name(cfg: Config) -> str:
+    """A name built from the settings (DAFormer-style), deterministic so a restart resumes."""
+    if cfg.run.name:
+        return cfg.run.name
+    r = cfg.road
+    return (
+        f"{cfg.model.arch}-{cfg.model.backbone}-{r.mode}-l1_{r.lambda_dist:g}-l2_{r.lambda_spt:g}"
+        f"-{r.grid}-{cfg.model.teacher_layer}-it{cfg.optim.max_iters}-s{cfg.run.seed}"
+    )
+
+
+def _ray_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Ray needs numbers: unavailable metrics become NaN; a score for keeping the best checkpoint."""
+    out = {k: (math.nan if v is None else v) for k, v in metrics.items()}
+    miou = metrics.get("miou")
+    out["checkpoint_score"] = miou if miou is not None else -1.0
+    return out
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """``train_loop_per_worker``: runs on every Ray Train worker."""
+    cfg = config_from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(loop_config.get("torch_threads", 1))))
+
+    batches = mixed_domain_batches(
+        ray.train.get_dataset_shard("source"), ray.train.get_dataset_shard("target"),
+        batch_source=cfg.data.batch_source, batch_target=cfg.data.batch_target,
+        prefetch_batches=cfg.data.prefetch_batches, device="cpu",
+    )  # fmt: skip
+    val_names = set(loop_config["val_splits"])
+
+    def val_batches(name: str):
+        if name not in val_names:
+            raise KeyError(name)
+        return iter_val_batches(ray.train.get_dataset_shard(name))
+
+    def all_reduce(t: torch.Tensor) -> None:
+        torch.distributed.all_reduce(t)
+
+    fault_at = int(os.environ.get(FAULT_ENV, "0") or 0)
+    marker = Path(loop_config.get("fault_marker", "")) if fault_at else None
+
+    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(
+            _ray_metrics(metrics), checkpoint=checkpoint,
+            checkpoint_dir_name=f"checkpoint_{int(metrics['iter']):07d}" if checkpoint else None,
+        )  # fmt: skip
+        if fault_at and rank == 0 and metrics["iter"] >= fault_at and marker and not marker.exists():
+            marker.write_text("injected")
+            os._exit(1)  # a hard crash: no cleanup, like a lost node
+
+    resume_dir = None
+    checkpoint = ray.train.get_checkpoint()
+    local_copy = None
+    if checkpoint is not None:
+        local_copy = Path(tempfile.mkdtemp(prefix="road-ray-resume-"))
+        with checkpoint.as_directory() as d:
+            shutil.copytree(d, local_copy / "checkpoint")
+        resume_dir = local_copy / "checkpoint"
+
+    hooks = LoopHooks(
+        report=report, device=device, rank=rank, world_size=world_size, resume_dir=resume_dir,
+        wrap_module=_prepare_trainable, all_reduce=all_reduce if world_size > 1 else None,
+    )  # fmt: skip
+    try:
+        train_loop(cfg, batches, val_batches, hooks)
+    except TrainingDiverged as e:
+        # Mark the run instead of crashing: a crash would be retried from the checkpoint and
+        # diverge again. The driver reads the marker and stops with this reason.
+        if rank == 0:
+            _write_text(loop_config["diverged_marker"], str(e))
+    finally:
+        if local_copy is not None:
+            shutil.rmtree(local_copy, ignore_errors=True)
+
+
+def _write_text(uri: str, text: str) -> None:
+    fs, path = open_fs(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def _read_text(uri: str) -> str | None:
+    fs, path = open_fs(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read().decode()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def diverged_marker(storage: str, name: str) -> str:
+    return join(storage, name, "DIVERGED.txt")
+
+
+def _prepare_trainable(module: torch.nn.Module) -> torch.nn.Module:
+    """DDP only for modules with trainable parameters (the teacher never comes here)."""
+    if not any(p.requires_grad for p in module.parameters()):
+        return module
+    if ray.train.get_context().get_world_size() == 1:
+        return module
+    # find_unused_parameters: frozen stages and the unused head taps are legal in some modes.
+    return ray.train.torch.prepare_model(module, move_to_device=False,
+                                         parallel_strategy_kwargs={"find_unused_parameters": True})  # fmt: skip
+
+
+def build_trainer(
+    cfg: Config,
+    *,
+    storage: str,
+    name: str,
+    callbacks: list | None = None,
+    torch_threads: int = 1,
+) -> TorchTrainer:
+    """A TorchTrainer for one run; the datasets are Ray Data streams of the configured shards."""
+    from road_ray.on_ray.data import read_shards  # noqa: F401  (import check: fail fast on Ray Data)
+
+    use_gpu = torch.cuda.is_available() if cfg.run.use_gpu is None else cfg.run.use_gpu
+    datasets = {
+        "source": train_stream(cfg.data.source, cfg.data, seed=cfg.run.seed, labeled=True),
+        "target": train_stream(cfg.data.target, cfg.data, seed=cfg.run.seed + 1, labeled=False),
+    }
+    val_splits = []
+    for key in ("target_val", "source_val"):
+        path = getattr(cfg.data, key)
+        if path:
+            datasets[key] = val_stream(path, cfg.data, max_images=cfg.data.max_val_images)
+            val_splits.append(key)
+    storage_path = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "config": cfg.to_dict(), "val_splits": val_splits, "torch_threads": torch_threads,
+            "fault_marker": str(Path(tempfile.gettempdir()) / f"road-ray-fault-{name}"),
+            "diverged_marker": diverged_marker(storage_path, name),
+        },  # fmt: skip
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.run.num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),  # fmt: skip
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks or [],
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max"
+            ),  # keeps the best-by-mIoU checkpoint; Ray always keeps the latest as well
+        ),  # fmt: skip
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["source", "target"]),
+    )
+
+
+def summarize(result: ray.train.Result, storage: str, name: str) -> dict[str, Any]:
+    """The JSON summary of a finished run: iter, miou, checkpoint (+ the best one).
+
+    Raises TrainingDiverged when the run stopped on a NaN/inf loss.
+    """
+    reason = _read_text(diverged_marker(storage, name))
+    if reason is not None:
+        raise TrainingDiverged(reason)
+    metrics = dict(result.metrics or {})
+    latest = result.checkpoint.path if result.checkpoint else None
+    best = None
+    if result.best_checkpoints:
+        best_ckpt, _ = max(result.best_checkpoints, key=lambda cm: cm[1].get("checkpoint_score", -1))
+        best = best_ckpt.path
+    miou = metrics.get("miou")
+    return {
+        "iter": int(metrics.get("iter", 0)),
+        "miou": None if miou is None or (isinstance(miou, float) and math.isnan(miou)) else miou,
+        "source_val_miou": metrics.get("source_val_miou"),
+        "target_entropy": metrics.get("target_entropy"),
+        "images_per_s": metrics.get("images_per_s"),
+        "checkpoint": latest,
+        "best_checkpoint": best,
+        "run_dir": result.path,
+    }
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` when set (a job on a cluster), else start a local instance."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()  # passing resources while connecting is an error (ray-notes)
+    else:
+        ray.init(num_cpus=num_cpus, log_to_driver=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def run_training(cfg: Config, storage: str | None = None, name: str | None = None, log=print) -> dict[str, Any]:
+    """Resolve inputs, run one TorchTrainer to the end, return its summary."""
+    cfg = resolve_config(cfg, log=log)
+    check_shard_folders(cfg)
+    storage = storage or cfg.run.storage or default_storage()
+    storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    name = name or run_name(cfg)
+    init_ray()
+    log(f"[train] run {name} in {storage}")
+    trainer = build_trainer(cfg, storage=storage, name=name)
+    return summarize(trainer.fit(), storage, name)
+
+
+def train_from_cli(config_path: str | None, overrides: list[str], smoke: bool, storage: str | None,
+                   name: str | None) -> dict[str, Any]:  # fmt: skip
+    cfg = load_config(config_path)
+    if smoke:
+        apply_overrides(cfg, SMOKE_OVERRIDES)
+    apply_overrides(cfg, overrides)  # the user's --set wins over --smoke
+    cfg.validate()
+    return run_training(cfg, storage=storage, name=name)

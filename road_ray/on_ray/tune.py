@@ -1,0 +1,394 @@
+"""Sweeps of ROAD runs on Ray Tune: OptunaSearch (seeded) + ASHA, bounded concurrency, resume.
+
+Train V2 inside Tune (ray-notes): a trial is :func:`run_trial`, an importable function (never
+one defined in ``__main__``: ``Tuner.restore`` unpickles it) that builds a ``TorchTrainer``
+with :func:`road_ray.on_ray.train.build_trainer` and ``TuneReportCallback`` and calls
+``fit()``. Every ``ray.train.report`` of the workers becomes one Tune result (metrics +
+``checkpoint_path``). The Train run is named after the trial id, so a restored trial's
+Train run restores its own snapshot and continues from its latest checkpoint.
+
+- ASHA's time is ``iter``, the Train iteration carried in the checkpoint (Tune's
+  ``training_iteration`` restarts at 1 after a restore), and ``max_t`` lies above the last
+  report (equal races with shutdown).
+- Tune does not count the Train workers' resources: concurrency is capped here, and the
+  trial function itself takes a tenth of a CPU so the workers and Ray Data get the cores.
+- MiniCity preparation and the small backbone's pretraining happen once, on the driver
+  (:func:`road_ray.engine.resolve.resolve_config`); trials receive resolved paths.
+- A trial whose loss diverges is marked (its Train run keeps ``DIVERGED.txt``), shows up as
+  ``diverged`` in the table, is not rerun on resume, and the sweep goes on.
+
+The experiment folder ``STORAGE/NAME`` holds Tune's state and trial folders,
+``train_runs/`` (the Train runs and their checkpoints) and ``road_ray_sweep.json`` (the
+search space and base config the sweep ran with; ``--resume`` uses these, not the YAML).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import posixpath
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.tune
+from ray import tune
+
+from road_ray.config import SMOKE_OVERRIDES, Config, ConfigError, apply_overrides, config_from_dict
+from road_ray.data.shards import join, open_fs
+from road_ray.engine.loop import TrainingDiverged
+from road_ray.engine.resolve import check_shard_folders, resolve_config
+from road_ray.on_ray.train import build_trainer, diverged_marker, init_ray, run_name, summarize
+from road_ray.paths import default_storage
+from road_ray.sweeps import results
+from road_ray.sweeps.space import SMOKE_SPACE, SearchSpace, SpaceError, load_space, space_from_dict
+
+TRIAL_CPUS = 0.1  # the trial function only waits on fit(); the workers get the cores
+PLACEHOLDER = "CHANGE-ME"  # shipped paper spaces point data.* at placeholder URIs
+
+
+@dataclass
+class SweepOutcome:
+    experiment_dir: str
+    table: str
+    best_trial: str | None
+    best_checkpoint: str | None
+    best_value: float | None
+    metric: str
+    unfinished: int = 0
+
+
+# ---------------------------------------------------------------------------------------
+# The trial (runs in a Tune actor)
+
+
+def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
+    """One Tune trial: a TorchTrainer for the base config + this trial's ``params`` (dotted keys)."""
+    import ray.data
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = trial_config(sweep["base_config"], params)
+    storage = sweep["train_storage"]
+    name = train_run_name(trial_id, cfg)
+    # A diverged run stays diverged: do not retrain it when the sweep is resumed.
+    reason = _read_text(diverged_marker(storage, name))
+    if reason is not None:
+        raise TrainingDiverged(reason)
+    trainer = build_trainer(
+        cfg, storage=storage, name=name, callbacks=[TuneReportCallback()],
+        torch_threads=max(1, int(cfg.run.cpus_per_worker)),
+    )  # fmt: skip
+    summarize(trainer.fit(), storage, name)  # raises TrainingDiverged: the trial is marked ERROR
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
+    cfg = config_from_dict(base)
+    apply_overrides(cfg, {k: v for k, v in params.items() if "." in k})
+    return cfg.validate()
+
+
+def train_run_name(trial_id: str, cfg: Config) -> str:
+    """Deterministic per trial (a restored trial resumes its Train run), readable per setting."""
+    cfg = copy.deepcopy(cfg)
+    cfg.run.name = ""
+    return f"{trial_id}-{run_name(cfg)}"
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+# ---------------------------------------------------------------------------------------
+# The driver
+
+
+def run_sweep(
+    space: str | None = None,
+    *,
+    num_samples: int | None = None,
+    storage: str | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    smoke: bool = False,
+    optuna_storage: str | None = None,
+    max_concurrent: int | None = None,
+    log=print,
+) -> SweepOutcome:
+    """Run (or resume) a sweep to the end and return its table and best checkpoint.
+
+    All input errors (bad space, unknown key, missing shards, an existing experiment without
+    ``--resume``) are raised before Ray starts or any trial runs.
+    """
+    storage = _absolute(storage or default_storage())
+    if resume:
+        experiment_dir, sweep, spec = _load_for_resume(storage, name, space, log)
+        if num_samples is not None:
+            log(f"[tune] note: --num-samples is ignored when resuming (the sweep keeps {spec.num_samples})")
+    else:
+        spec = _load_space(space, smoke, num_samples)
+        name = name or f"{Path(spec.path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        experiment_dir = join(storage, name)
+        if _exists(join(experiment_dir, results.SWEEP_RECORD)) or _exists(join(experiment_dir, "tuner.pkl")):
+            raise ValueError(f"experiment {experiment_dir} already exists: pass --resume to continue it, or another --name")
+        base = spec.base_config()
+        if smoke and Path(spec.path).stem != SMOKE_SPACE:
+            apply_overrides(base, SMOKE_OVERRIDES)  # a toy-size run of this space
+        _check_placeholders(base, spec.path)
+        base = resolve_config(base, log=log)  # MiniCity + small-backbone pretraining, once, here
+        check_shard_folders(base)
+        sweep = {
+            "space": spec.to_dict(), "space_file": spec.path, "base_config": base.to_dict(),
+            "metric": spec.metric, "mode": spec.mode, "searched_keys": spec.searched_keys,
+            "train_storage": join(experiment_dir, results.TRAIN_RUNS), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }  # fmt: skip
+
+    start_ray()
+    if sweep["base_config"]["run"]["use_gpu"] is None:
+        # Decided here for the whole cluster: a trial's driver may sit on a node without GPUs.
+        sweep["base_config"]["run"]["use_gpu"] = ray.cluster_resources().get("GPU", 0) > 0
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep), {"CPU": TRIAL_CPUS})
+    if resume:
+        # Finished trials are kept; unfinished and errored ones are started again, and their Train
+        # runs (same names) continue from their latest checkpoints; diverged ones fail at once.
+        log(f"[tune] resuming {experiment_dir}: finished trials are kept, unfinished ones continue from their checkpoints")
+        tuner = tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        concurrency = max_concurrent or spec.max_concurrent or auto_concurrency(config_from_dict(sweep["base_config"]))
+        concurrency = min(concurrency, _trial_count(spec))
+        _write_text(join(experiment_dir, results.SWEEP_RECORD), json.dumps(sweep, indent=2, default=str))
+        log(f"[tune] {spec.path}: {_trial_count(spec)} trials, {concurrency} at a time, metric {spec.metric} ({spec.mode})"
+            f" -> {experiment_dir}")  # fmt: skip
+        tuner = build_tuner(spec, sweep, trainable, experiment_dir, concurrency, optuna_storage)
+    tuner.fit()  # failed/diverged trials are recorded in the result grid; the sweep goes on
+    return summarize_sweep(experiment_dir)
+
+
+def start_ray() -> None:
+    """Connect to RAY_ADDRESS (``ray job submit``), or start a local instance.
+
+    A local instance tells its workers where its dashboard is: Ray's State API, which Train's
+    placement-group cleaner uses when ASHA stops a trial, otherwise finds "the" local cluster
+    by scanning processes and fails when another Ray instance runs on the machine — and the
+    stopped trial's placement group would then starve the next trial (ray-notes).
+    """
+    import ray.data
+
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        port = _free_port()
+        ray.init(
+            include_dashboard=True, dashboard_port=port, log_to_driver=True,
+            runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+        )  # fmt: skip
+    init_ray()  # connects when RAY_ADDRESS is set; a no-op when Ray is up
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_tuner(
+    spec: SearchSpace, sweep: dict[str, Any], trainable: Any, experiment_dir: str, concurrency: int,
+    optuna_storage: str | None = None,
+) -> tune.Tuner:  # fmt: skip
+    storage_path, name = posixpath.split(experiment_dir.rstrip("/"))
+    base = config_from_dict(sweep["base_config"])
+    if spec.is_grid:
+        search_alg, param_space = None, {k: tune.grid_search(v) for k, v in spec.grid.items()}
+    else:
+        search_alg, param_space = optuna_searcher(spec, name, optuna_storage), {}
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=spec.metric, mode=spec.mode, search_alg=search_alg, scheduler=scheduler(spec, base),
+            num_samples=spec.num_samples, max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname,
+        ),  # fmt: skip
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage_path,
+            # No blind retries: a diverged trial would fail again. Train already replaces dead
+            # workers (run.max_failures); `--resume` reruns errored trials from their checkpoints.
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=1,  # status tables; each trial's metrics are in its folder and the final table
+        ),  # fmt: skip
+    )
+
+
+def optuna_searcher(spec: SearchSpace, study_name: str, optuna_storage: str | None = None) -> Any:
+    """OptunaSearch over the space's distributions, seeded, trying ``points_to_evaluate`` first."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = {}
+    for key, p in spec.params.items():
+        if p.kind == "choice":
+            space[key] = CategoricalDistribution(list(p.values))
+        elif p.kind == "randint":
+            space[key] = IntDistribution(int(p.low), int(p.high))  # type: ignore[arg-type]
+        else:
+            space[key] = FloatDistribution(p.low, p.high, log=p.kind == "loguniform")  # type: ignore[arg-type]
+    storage = None
+    if optuna_storage:
+        # An optuna storage object, not a URL string (ray-notes); the study outlives the sweep.
+        path = Path(optuna_storage).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage = optuna.storages.RDBStorage(url=f"sqlite:///{path}")
+    return OptunaSearch(
+        space, metric=spec.metric, mode=spec.mode, points_to_evaluate=[dict(p) for p in spec.points_to_evaluate],
+        seed=spec.seed, storage=storage, study_name=study_name if storage is not None else None,
+    )  # fmt: skip
+
+
+def scheduler(spec: SearchSpace, base: Config) -> Any:
+    """ASHA on the Train iteration (``iter``), or None (FIFO: every trial runs to the end)."""
+    if spec.scheduler.type != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_iters = spec.max_iters(base)
+    max_t = spec.scheduler.max_t or max_iters + 1  # above the last report (ray-notes)
+    grace = spec.scheduler.grace_period or base.run.eval_every
+    return ASHAScheduler(
+        time_attr="iter", max_t=max_t, grace_period=min(grace, max_t), reduction_factor=spec.scheduler.reduction_factor
+    )
+
+
+def auto_concurrency(cfg: Config) -> int:
+    """Trials at a time: GPUs // GPUs per trial; on CPU, leave Ray Data room (ray-notes)."""
+    resources = ray.cluster_resources()
+    use_gpu = cfg.run.use_gpu if cfg.run.use_gpu is not None else resources.get("GPU", 0) > 0
+    if use_gpu:
+        return max(1, int(resources.get("GPU", 0) // cfg.run.num_workers))
+    per_trial = cfg.run.num_workers * cfg.run.cpus_per_worker + 2 * cfg.data.cpus_per_map_task + TRIAL_CPUS
+    # At least ~4 cores per CPU trial: on a small machine two trials only starve each other.
+    return max(1, int(resources.get("CPU", 1) // max(per_trial, 4.0)))
+
+
+def summarize_sweep(experiment_dir: str) -> SweepOutcome:
+    exp = results.read_experiment(experiment_dir)
+    table = results.format_table(exp)
+    try:
+        trial, row = results.best_trial(exp)
+        best_id, best_value = trial.trial_id, row.get(exp.metric)
+    except results.ExperimentError:
+        best_id, best_value = None, None
+    try:
+        checkpoint = results.best_checkpoint(experiment_dir)
+    except results.ExperimentError:
+        checkpoint = None
+    unfinished = sum(t.state in ("unfinished", "not started", "error") for t in exp.trials)
+    return SweepOutcome(str(experiment_dir), table, best_id, checkpoint, best_value, exp.metric, unfinished)
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+def _load_space(space: str | None, smoke: bool, num_samples: int | None) -> SearchSpace:
+    spec = load_space(space if space is not None else (SMOKE_SPACE if smoke else None))
+    if smoke and space is not None and num_samples is None:
+        spec.num_samples = min(spec.num_samples, 3)
+    if num_samples is not None:
+        if num_samples < 1:
+            raise SpaceError(f"--num-samples: expected >= 1, got {num_samples}")
+        spec.num_samples = num_samples
+    return spec
+
+
+def _load_for_resume(storage: str, name: str | None, space: str | None, log) -> tuple[str, dict[str, Any], SearchSpace]:
+    if name is None:
+        name = _latest_experiment(storage, Path(space).stem if space else None)
+    experiment_dir = join(storage, name)
+    text = _read_text(join(experiment_dir, results.SWEEP_RECORD))
+    if text is None or not _exists(join(experiment_dir, "tuner.pkl")):
+        raise ValueError(f"--resume: {experiment_dir} is not a road-ray sweep that can be resumed "
+                         f"(no {results.SWEEP_RECORD} or tuner.pkl); start it again under another --name")  # fmt: skip
+    sweep = json.loads(text)
+    spec = space_from_dict(sweep["space"], f"{experiment_dir}/{results.SWEEP_RECORD}")
+    if space is not None:
+        log(f"[tune] note: resuming with the search space recorded in {experiment_dir}, not {space}")
+    return experiment_dir, sweep, spec
+
+
+def _latest_experiment(storage: str, stem: str | None) -> str:
+    if "://" in storage:
+        raise ValueError("--resume with an object-storage --storage needs --name")
+    found = sorted(
+        (p for p in Path(storage).glob(f"{stem or '*'}-*/{results.SWEEP_RECORD}")), key=lambda p: p.stat().st_mtime
+    )
+    if not found:
+        raise ValueError(f"--resume: no sweep to resume under {storage}" + (f" for space {stem}" if stem else "")
+                         + "; pass --name NAME")  # fmt: skip
+    return found[-1].parent.name
+
+
+def _check_placeholders(cfg: Config, space_path: str) -> None:
+    for key in ("source", "target", "target_val", "source_val"):
+        value = getattr(cfg.data, key)
+        if PLACEHOLDER in value:
+            raise ConfigError(
+                f"{space_path}: fixed.data.{key} is the placeholder {value!r}: prepare the dataset with "
+                f"`road-ray prepare` and put the shard folder/URI there (see the comments in the file)"
+            )
+
+
+def _trial_count(spec: SearchSpace) -> int:
+    return spec.num_samples * (len(spec.grid_points()) if spec.is_grid else 1)
+
+
+def _absolute(storage: str) -> str:
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def _exists(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = open_fs(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _read_text(uri: str) -> str | None:
+    fs, path = open_fs(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read().decode()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _write_text(uri: str, text: str) -> None:
+    fs, path = open_fs(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def print_outcome(outcome: SweepOutcome, out=sys.stdout) -> None:
+    """The end of ``tune.py``: the table, the best trial and checkpoint, and what to run next."""
+    print("", file=out)
+    print(f"Trials of {outcome.experiment_dir} (mIoU = target-val mIoU, the oracle; source-val mIoU and "
+          "target entropy (lower is better) need no target labels):", file=out)  # fmt: skip
+    print(outcome.table, file=out)
+    storage, name = posixpath.split(outcome.experiment_dir.rstrip("/"))
+    if outcome.unfinished:
+        print(f"\n{outcome.unfinished} trial(s) did not finish; continue with: "
+              f"python tune.py --resume --storage {storage} --name {name}", file=out)  # fmt: skip
+    if outcome.best_trial is None:
+        print(f"\nNo trial reported {outcome.metric}; nothing to select.", file=out)
+        return
+    print(f"\nBest trial: {outcome.best_trial} ({outcome.metric} {results.format_value(outcome.best_value, outcome.metric)})", file=out)
+    print(f"Best checkpoint (highest target-val mIoU, what `road-ray eval --best` evaluates): "
+          f"{outcome.best_checkpoint}", file=out)  # fmt: skip
+    print(f"Next: road-ray eval --experiment {outcome.experiment_dir} --best", file=out)
+    print(f"      road-ray report --experiment {outcome.experiment_dir}", file=out)

@@ -1,0 +1,271 @@
+"""``road-ray report``: a sweep as a Markdown table and PNG plots (no Ray here).
+
+Written to ``OUT`` (default ``EXPERIMENT/report``): ``report.md`` (the table of trials, the
+best trial and its checkpoint), ``trials.csv``, and the plots a person would rather look at
+than read: mIoU vs λ1 and vs λ2 (log x), mIoU per partition grid, per teacher layer, and
+the parameters' importance (Optuna's evaluator, from >= 3 complete trials).
+
+Every plot shows the oracle target-val mIoU each trial reported last (what Optuna saw);
+trials ASHA stopped early are drawn hollow, since they were scored after fewer iterations.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from road_ray.sweeps.results import (  # noqa: E402
+    Experiment,
+    ExperimentError,
+    best_checkpoint,
+    best_trial,
+    column_title,
+    format_table,
+    format_value,
+    read_experiment,
+)
+
+MIN_TRIALS_FOR_IMPORTANCE = 3
+SCATTER_KEYS = ("road.lambda_dist", "road.lambda_spt")  # log-scaled x
+CATEGORY_KEYS = ("road.grid", "model.teacher_layer")
+COMPLETE, STOPPED = "complete", "stopped early (ASHA)"
+
+
+def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None, log=print) -> Path:
+    """Write report.md, trials.csv and the PNG plots; returns the report's folder."""
+    exp = read_experiment(experiment_dir)
+    out = Path(out_dir) if out_dir else exp.path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = exp.table()
+    _write_csv(exp, rows, out / "trials.csv")
+
+    plots: list[tuple[str, str]] = []  # (file, caption)
+    notes: list[str] = []
+    scored = [r for r in rows if _num(r.get("miou")) is not None]
+    for key in SCATTER_KEYS:
+        if _varies(scored, key):
+            plots.append((_scatter(scored, key, out), f"mIoU (oracle) vs {column_title(key)}"))
+        elif key in exp.searched_keys:
+            notes.append(f"{column_title(key)}: fewer than two scored values; no plot.")
+    for key in CATEGORY_KEYS:
+        if _varies(scored, key):
+            plots.append((_per_category(scored, key, out), f"mIoU (oracle) per {column_title(key)}"))
+        elif key in exp.searched_keys:
+            notes.append(f"{column_title(key)}: fewer than two scored values; no plot.")
+    importance, note = parameter_importance(exp)
+    if importance:
+        plots.append((_importance_plot(importance, note, exp.metric, out), f"parameter importance for {exp.metric} ({note})"))
+    else:
+        notes.append(f"Parameter importance: {note}")
+
+    (out / "report.md").write_text(_markdown(exp, plots, notes))
+    log(f"[report] wrote {out / 'report.md'} with {len(plots)} plots")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Markdown and CSV
+
+
+def _markdown(exp: Experiment, plots: list[tuple[str, str]], notes: list[str]) -> str:
+    lines = [f"# Sweep {exp.path.name}", ""]
+    space = exp.record.get("space_file")
+    if space:
+        lines += [f"Search space: `{space}`; metric `{exp.metric}` ({exp.mode}).", ""]
+    lines += [
+        "mIoU (oracle) is the target-val mIoU: it needs target labels, and is what papers report. "
+        "Source-val mIoU and target entropy (lower = more confident) need none: a user without target "
+        "labels selects by them. Values are the last each trial reported; *best* is its best evaluation.",
+        "",
+        format_table(exp, markdown=True),
+        "",
+    ]
+    try:
+        trial, row = best_trial(exp)
+        params = ", ".join(f"{column_title(k)} = {format_value(trial.params.get(k))}" for k in exp.searched_keys)
+        lines += [f"**Best trial:** `{trial.trial_id}` — {exp.metric} {format_value(row.get(exp.metric), exp.metric)} "
+                  f"at iteration {row.get('iter')} ({params})."]  # fmt: skip
+        try:
+            lines += ["", f"**Best checkpoint:** `{best_checkpoint(exp.path)}`", "",
+                      f"Evaluate it: `road-ray eval --experiment {exp.path} --best`"]  # fmt: skip
+        except ExperimentError as e:
+            lines += ["", f"Best checkpoint: unavailable ({e})."]
+    except ExperimentError as e:
+        lines += [f"No best trial: {e}"]
+    lines.append("")
+    for file, caption in plots:
+        lines += [f"## {caption}", "", f"![{caption}]({file})", ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+def _write_csv(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:
+    cols = list(dict.fromkeys([*rows[0].keys()] if rows else ["trial"]))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Plots
+
+
+def _scatter(rows: list[dict[str, Any]], key: str, out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for stopped, label, style in ((False, "trials", {"color": "C0"}),
+                                  (True, "stopped early by ASHA", {"facecolors": "none", "edgecolors": "C0"})):
+        pts = [(r[key], r["miou"]) for r in rows if (r["state"] == STOPPED) == stopped]
+        pts = [(x, y) for x, y in pts if _num(x) is not None and x > 0]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=60, label=label, zorder=3, **style)
+    best = max(rows, key=lambda r: r["miou"])
+    if _num(best.get(key)) is not None and best[key] > 0:
+        ax.annotate(f"best {best['miou']:.1f}", (best[key], best["miou"]), textcoords="offset points",
+                    xytext=(6, 6), fontsize=9)  # fmt: skip
+    if key == "road.lambda_dist":
+        ax.axvline(0.1, color="grey", linestyle=":", linewidth=1, label="paper λ1 = 0.1")
+    if key == "road.lambda_spt":
+        ax.axvline(0.01, color="grey", linestyle=":", linewidth=1, label="paper λ2 = 0.01")
+    ys = [r["miou"] for r in rows]
+    pad = max(1.0, 0.1 * (max(ys) - min(ys)))
+    ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    ax.set_xscale("log")
+    ax.set_xlabel(column_title(key) + " (log scale)")
+    ax.set_ylabel("target-val mIoU, % (oracle)")
+    ax.set_title(f"mIoU vs {column_title(key)}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, out, f"miou_vs_{key.split('.')[-1]}.png")
+
+
+def _per_category(rows: list[dict[str, Any]], key: str, out: Path) -> str:
+    values = sorted({str(r[key]) for r in rows if r.get(key) is not None}, key=_category_order)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    means = []
+    for i, v in enumerate(values):
+        group = [r for r in rows if str(r.get(key)) == v]
+        ys = [r["miou"] for r in group]
+        means.append(sum(ys) / len(ys))
+        jitter = [i + 0.08 * (j - (len(ys) - 1) / 2) for j in range(len(ys))]
+        hollow = [r["state"] == STOPPED for r in group]
+        ax.scatter([x for x, h in zip(jitter, hollow) if not h], [y for y, h in zip(ys, hollow) if not h],
+                   s=50, color="C0", zorder=3)  # fmt: skip
+        ax.scatter([x for x, h in zip(jitter, hollow) if h], [y for y, h in zip(ys, hollow) if h],
+                   s=50, facecolors="none", edgecolors="C0", zorder=3)  # fmt: skip
+    ax.hlines(means, [i - 0.3 for i in range(len(values))], [i + 0.3 for i in range(len(values))],
+              colors="C1", linewidth=2, label="mean of the trials")  # fmt: skip
+    ax.set_xticks(range(len(values)), [f"{v}\n(n={sum(str(r.get(key)) == v for r in rows)})" for v in values])
+    ax.set_xlabel(column_title(key))
+    ax.set_ylabel("target-val mIoU, % (oracle)")
+    ax.set_title(f"mIoU per {column_title(key)}\n(dots: trials; hollow: stopped early by ASHA)", fontsize=11)
+    ax.set_xlim(-0.6, len(values) - 0.4)
+    ax.grid(True, axis="y", alpha=0.3)
+    lo = min(r["miou"] for r in rows)
+    hi = max(r["miou"] for r in rows)
+    pad = max(1.0, 0.15 * (hi - lo))
+    ax.set_ylim(max(0.0, lo - pad), hi + pad)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, out, f"miou_per_{key.split('.')[-1]}.png")
+
+
+def _importance_plot(importance: dict[str, float], note: str, metric: str, out: Path) -> str:
+    names = list(importance)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.5), dpi=120)
+    ax.barh([column_title(n) for n in names], [importance[n] for n in names], color="C1")
+    for i, n in enumerate(names):
+        ax.text(importance[n], i, f" {importance[n]:.2f}", va="center", fontsize=9)
+    ax.set_xlim(0, max(1.0, max(importance.values()) * 1.15))
+    ax.set_xlabel(f"importance (sums to 1)\n{note}", fontsize=9)
+    ax.set_title(f"Parameter importance for {metric}", fontsize=11)
+    return _save(fig, out, "param_importance.png")
+
+
+def _save(fig: Any, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name)
+    plt.close(fig)
+    return name
+
+
+# ---------------------------------------------------------------------------------------
+# Parameter importance
+
+
+def parameter_importance(exp: Experiment) -> tuple[dict[str, float], str]:
+    """Optuna's importance of each searched parameter for the sweep's metric.
+
+    Built from the table (complete and early-stopped trials with a value, as Optuna saw
+    them). fANOVA when scikit-learn is installed, else PED-ANOVA (no extra dependency).
+    Returns ({}, reason) when it cannot be computed.
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
+
+    rows = [r for r in exp.table() if r["state"] in (COMPLETE, STOPPED) and _num(r.get(exp.metric)) is not None]
+    keys = [k for k in exp.searched_keys if len({repr(r.get(k)) for r in rows}) > 1]
+    if len(rows) < MIN_TRIALS_FOR_IMPORTANCE:
+        return {}, f"needs at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials, the sweep has {len(rows)}; skipped."
+    if not keys:
+        return {}, "no searched parameter took two different values; skipped."
+    distributions: dict[str, Any] = {}
+    for k in keys:
+        values = [r[k] for r in rows]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            lo, hi = min(values), max(values)
+            log = lo > 0 and hi / lo > 10
+            distributions[k] = FloatDistribution(float(lo), float(hi), log=log)
+        else:
+            distributions[k] = CategoricalDistribution(sorted({str(v) for v in values}, key=_category_order))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if exp.mode == "max" else "minimize")
+    for r in rows:
+        params = {k: (float(r[k]) if isinstance(distributions[k], FloatDistribution) else str(r[k])) for k in keys}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(r[exp.metric])))
+    try:
+        import sklearn  # noqa: F401
+
+        evaluator, name = FanovaImportanceEvaluator(seed=0), "fANOVA"
+    except ImportError:
+        # PED-ANOVA compares the top quantile of trials with all; small sweeps need a wide one.
+        quantile = 0.5 if len(rows) < 20 else 0.1
+        evaluator, name = PedAnovaImportanceEvaluator(target_quantile=quantile), f"PED-ANOVA, top {quantile:.0%}"
+    try:
+        importance = get_param_importances(study, evaluator=evaluator)
+    except (RuntimeError, ValueError) as e:
+        return {}, f"Optuna could not compute it ({e}); skipped."
+    importance = {k: float(v) for k, v in importance.items() if math.isfinite(v)}
+    return importance, f"optuna {name}, {len(rows)} trials; indicative only with few trials"
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        return None
+    return float(v)
+
+
+def _varies(rows: list[dict[str, Any]], key: str) -> bool:
+    return len({repr(r.get(key)) for r in rows if r.get(key) is not None}) > 1
+
+
+def _category_order(v: str) -> tuple:
+    """Grids by area (1x1 < 2x1 < 2x2 < 3x3), names naturally (layer2 < layer10)."""
+    import re
+
+    m = re.fullmatch(r"(\d+)x(\d+)", v)
+    if m:
+        return (0, int(m.group(1)) * int(m.group(2)), v)
+    parts = re.split(r"(\d+)", v)
+    return (1, tuple(int(p) if p.isdigit() else p for p in parts), v)

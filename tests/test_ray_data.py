@@ -1,0 +1,221 @@
+"""Ray Data streams: full balanced step batches, re-opening, new crops every epoch, equal splits, val."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from road_ray.config import DataConfig
+from road_ray.data import boxes as B
+from road_ray.data.shards import ShardWriter, encode_png
+
+pytestmark = pytest.mark.ray
+
+H, W, CROP = 64, 128, 32
+SOURCE_ROWS, TARGET_ROWS = 13, 12  # 13: an equal 2-way split has to drop a row
+
+
+def write_split(out, n: int, domain: str, labeled, seed: int) -> list[str]:
+    """``labeled``: True, False, or a function of the row index."""
+    rng = np.random.default_rng(seed)
+    ids = []
+    with ShardWriter(str(out), rows_per_group=5) as writer:
+        for i in range(n):
+            has_label = labeled(i) if callable(labeled) else labeled
+            image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+            label = rng.integers(0, 19, (H, W), dtype=np.uint8)
+            label[:4] = 255
+            writer.write(
+                {
+                    "id": f"{domain}{i:03d}",
+                    "domain": domain,
+                    "split": "train",
+                    "image": encode_png(image),
+                    "label": encode_png(label) if has_label else None,
+                    "height": H,
+                    "width": W,
+                }
+            )
+            if has_label:
+                ids.append(f"{domain}{i:03d}")
+    return ids
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    write_split(root / "source", SOURCE_ROWS, "source", True, seed=0)
+    write_split(root / "target", TARGET_ROWS, "target", False, seed=1)
+    val_ids = write_split(root / "val", 5, "target", lambda i: i % 2 == 0, seed=2)
+    return {"source": str(root / "source"), "target": str(root / "target"), "val": str(root / "val"), "val_ids": val_ids}
+
+
+@pytest.fixture
+def cfg():
+    return DataConfig(crop_size=CROP, batch_source=2, batch_target=3, cpus_per_map_task=0.5, prefetch_batches=1)
+
+
+def streams(shards, cfg, seed=0):
+    from road_ray.on_ray.data import train_stream
+
+    return (
+        train_stream(shards["source"], cfg, seed=seed, labeled=True),
+        train_stream(shards["target"], cfg, seed=seed + 1, labeled=False),
+    )
+
+
+def take(iterator, steps: int) -> list[dict[str, torch.Tensor]]:
+    out = [next(iterator) for _ in range(steps)]
+    iterator.close()
+    return out
+
+
+def check_step(batch: dict[str, torch.Tensor], cfg: DataConfig) -> None:
+    bs, bt, c = cfg.batch_source, cfg.batch_target, cfg.crop_size
+    assert set(batch) == {"source_image", "source_label", "source_box", "target_image", "target_box"}
+    expected = {
+        "source_image": ((bs, 3, c, c), torch.float32),
+        "source_label": ((bs, c, c), torch.int64),
+        "source_box": ((bs, B.BOX_SIZE), torch.float32),
+        "target_image": ((bt, 3, c, c), torch.float32),
+        "target_box": ((bt, B.BOX_SIZE), torch.float32),
+    }
+    for key, (shape, dtype) in expected.items():
+        assert tuple(batch[key].shape) == shape and batch[key].dtype == dtype, key
+    labels = batch["source_label"]
+    assert bool(((labels >= 0) & (labels < 19) | (labels == 255)).all())
+    for key in ("source_image", "target_image"):
+        assert bool(torch.isfinite(batch[key]).all()) and batch[key].abs().max() < 3.0  # normalized
+    for key in ("source_box", "target_box"):
+        boxes = batch[key]
+        B.check_boxes(boxes)
+        assert bool((boxes[:, B.IMAGE_HEIGHT] == H).all() and (boxes[:, B.IMAGE_WIDTH] == W).all())
+        assert bool((boxes[:, B.HEIGHT] == c).all() and (boxes[:, B.WIDTH] == c).all())
+        scale = boxes[:, B.SCALE]
+        assert bool(((scale >= cfg.scale_min) & (scale <= cfg.scale_max)).all())
+
+
+def test_step_batches_are_full_balanced_and_keep_coming(ray_session, shards, cfg):
+    from road_ray.on_ray.data import mixed_domain_batches
+
+    source, target = streams(shards, cfg)
+    # One epoch is 6 source steps (13 rows // 2) and 4 target steps (12 // 3): 14 steps re-open
+    # the source stream twice and the target stream three times.
+    steps = take(
+        mixed_domain_batches(source, target, batch_source=2, batch_target=3, prefetch_batches=1, shuffle_buffer=4),
+        14,
+    )
+    assert len(steps) == 14
+    for batch in steps:
+        check_step(batch, cfg)
+
+
+def test_new_crops_every_epoch_and_every_block(ray_session, shards, cfg):
+    from road_ray.on_ray.data import mixed_domain_batches
+
+    source, target = streams(shards, cfg)
+    per_epoch = SOURCE_ROWS // cfg.batch_source  # 6 steps = 12 crops per source epoch
+    steps = take(
+        mixed_domain_batches(source, target, batch_source=2, batch_target=3, prefetch_batches=1, shuffle_buffer=0),
+        2 * per_epoch,
+    )
+    boxes = torch.cat([s["source_box"] for s in steps]).numpy()
+    epoch1, epoch2 = boxes[: 2 * per_epoch], boxes[2 * per_epoch :]
+    # Every crop of an epoch has its own random scale (a generator pickled into every task
+    # would repeat them block after block) ...
+    assert len(np.unique(epoch1[:, B.SCALE])) == len(epoch1)
+    # ... and the next epoch cuts other crops of the same images.
+    assert not {tuple(b) for b in epoch1} & {tuple(b) for b in epoch2}
+    assert len(np.unique(boxes[:, B.SCALE])) == len(boxes)
+
+
+def test_two_worker_equal_split(ray_session, shards, cfg):
+    """What Ray Train does with DataConfig(datasets_to_split=[...]): streaming_split(n, equal=True)."""
+    from road_ray.on_ray.data import mixed_domain_batches
+
+    source, target = streams(shards, cfg)
+    source_splits = source.streaming_split(2, equal=True)
+    target_splits = target.streaming_split(2, equal=True)
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def worker(rank: int) -> None:
+        try:
+            # Per worker and epoch: 6 source rows (3 steps of 2), 6 target rows (2 steps of 3);
+            # 7 steps re-open both streams, which is a barrier across the two workers.
+            results[rank] = take(
+                mixed_domain_batches(
+                    source_splits[rank], target_splits[rank], batch_source=2, batch_target=3, prefetch_batches=1
+                ),
+                7,
+            )
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(rank,)) for rank in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert not any(t.is_alive() for t in threads), "a worker hung on the split"
+    assert not errors, errors
+    for rank in range(2):
+        assert len(results[rank]) == 7
+        for batch in results[rank]:
+            check_step(batch, cfg)
+        # the split's second epoch cuts new crops too (3 source steps per epoch and worker)
+        boxes = [{tuple(b) for s in results[rank][e * 3 : e * 3 + 3] for b in s["source_box"].tolist()} for e in (0, 1)]
+        assert len(boxes[0]) == 6 and not boxes[0] & boxes[1]
+
+    # Equal rows per worker in an epoch (13 rows -> 6 + 6, one dropped).
+    rows: dict[int, int] = {}
+    splits = streams(shards, cfg)[0].streaming_split(2, equal=True)
+
+    def count(rank: int) -> None:
+        rows[rank] = sum(len(b["box"]) for b in splits[rank].iter_batches(batch_size=None, batch_format="numpy"))
+
+    threads = [threading.Thread(target=count, args=(rank,)) for rank in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert rows == {0: SOURCE_ROWS // 2, 1: SOURCE_ROWS // 2}
+
+
+def test_val_stream_yields_whole_labeled_images(ray_session, shards, cfg):
+    from road_ray.on_ray.data import iter_val_batches, val_stream
+
+    batches = list(iter_val_batches(val_stream(shards["val"], cfg)))
+    assert sorted(b["id"][0] for b in batches) == sorted(shards["val_ids"])  # unlabeled rows skipped
+    for b in batches:
+        assert tuple(b["image"].shape) == (1, 3, H, W) and b["image"].dtype == torch.float32
+        assert tuple(b["label"].shape) == (1, H, W) and b["label"].dtype == torch.int64
+        assert isinstance(b["id"], list) and len(b["id"]) == 1
+        assert bool((b["label"][0, :4] == 255).all())
+    # a capped evaluation takes the same images every time: the first labeled rows
+    for _ in range(2):
+        subset = [b["id"][0] for b in iter_val_batches(val_stream(shards["val"], cfg, max_images=2))]
+        assert sorted(subset) == shards["val_ids"][:2]
+
+
+def test_clear_errors(ray_session, shards, cfg, tmp_path):
+    from road_ray.on_ray.data import mixed_domain_batches, read_shards
+
+    with pytest.raises(ValueError, match="does not exist"):
+        read_shards(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="no part-"):
+        read_shards(str(tmp_path))
+    source, target = streams(shards, cfg)
+    with pytest.raises(RuntimeError, match="fewer rows than one batch"):
+        next(mixed_domain_batches(source, target, batch_source=SOURCE_ROWS + 1, batch_target=3, prefetch_batches=1))
+
+
+def test_compare_with_dataloader_runs(ray_session, shards, cfg):
+    from road_ray.on_ray.data import compare_with_dataloader
+
+    result = compare_with_dataloader(shards["source"], cfg, num_workers=1, steps=3)
+    assert result["ray_data"]["crops_per_s"] > 0 and result["dataloader"]["crops_per_s"] > 0
+    assert result["ratio"] > 0

@@ -1,0 +1,160 @@
+"""Sweep results and report on a synthetic experiment folder in Tune's layout (no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from road_ray.sweeps import results
+from road_ray.sweeps.report import parameter_importance, write_report
+from road_ray.sweeps.results import ExperimentError, best_checkpoint, read_experiment
+
+MAX_ITERS = 30
+KEYS = ["road.lambda_dist", "road.lambda_spt", "road.grid", "model.teacher_layer"]
+
+
+def _trial(trial_id, l1, l2, grid, layer, mious, status="TERMINATED", error=None):
+    return {"id": trial_id, "params": dict(zip(KEYS, (l1, l2, grid, layer))), "mious": mious, "status": status,
+            "error": error}  # fmt: skip
+
+
+TRIALS = [
+    _trial("aaa00001", 0.1, 0.01, "3x3", "layer4", [20.0, 25.0, 27.0]),  # the paper's point
+    _trial("aaa00002", 0.5, 0.3, "2x2", "layer3", [22.0, 31.5, 30.0]),  # best evaluation: 31.5 at iter 20
+    _trial("aaa00003", 0.02, 0.002, "1x1", "layer2", [15.0]),  # stopped early by ASHA at iter 10
+    _trial("aaa00004", 0.9, 0.9, "2x1", "layer4", [18.0, 24.0, 26.0]),
+    _trial("aaa00005", 5.0, 0.5, "3x3", "layer3", [], status="ERROR",
+           error="road_ray.engine.loop.TrainingDiverged: loss became nan at iteration 4"),  # fmt: skip
+]
+
+
+def make_experiment(root: Path, trials=TRIALS, metric="miou", mode="max") -> Path:
+    """A Tune 2.60 experiment folder as road_ray.on_ray.tune writes it (train_runs/, sweep record)."""
+    exp = root / "minicity-test"
+    exp.mkdir(parents=True)
+    train_runs = exp / results.TRAIN_RUNS
+    trial_data = []
+    for t in trials:
+        d = exp / f"trial_{t['id']}"
+        d.mkdir()
+        (d / "params.json").write_text(json.dumps(t["params"]))
+        lines = []
+        for i, miou in enumerate(t["mious"], start=1):
+            it = 10 * i
+            ckpt = train_runs / f"{t['id']}-run" / f"checkpoint_{it:07d}"
+            ckpt.mkdir(parents=True)
+            (ckpt / "marker.txt").write_text(f"{t['id']} {it}")
+            lines.append(json.dumps({
+                "iter": it, "miou": miou, "source_val_miou": 60.0 + i, "target_entropy": 1.0 / i,
+                "checkpoint_path": str(ckpt), "trial_id": t["id"], "training_iteration": i, "done": False,
+                "config": t["params"],
+            }))  # fmt: skip
+        (d / "result.json").write_text("\n".join(lines) + ("\n" if lines else ""))
+        if t["error"]:
+            (d / "error.txt").write_text(f"Failure # 1\nTraceback...\n{t['error']}\n")
+        state = {"trial_id": t["id"], "status": t["status"], "relative_logdir": d.name, "config": t["params"]}
+        meta = {"error_filename": str(d / "error.txt") if t["error"] else None}
+        trial_data.append([json.dumps(state), json.dumps(meta)])
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
+    record = {
+        "metric": metric, "mode": mode, "searched_keys": KEYS, "space_file": "search_spaces/minicity.yaml",
+        "base_config": {"optim": {"max_iters": MAX_ITERS}}, "train_storage": str(train_runs),
+    }  # fmt: skip
+    (exp / results.SWEEP_RECORD).write_text(json.dumps(record))
+    return exp
+
+
+def test_table_states_and_values(tmp_path):
+    exp = read_experiment(make_experiment(tmp_path))
+    rows = {r["trial"]: r for r in exp.table()}
+    assert rows["aaa00001"]["state"] == "complete"
+    assert rows["aaa00003"]["state"] == "stopped early (ASHA)"  # iter 10 < max_iters 30
+    assert rows["aaa00005"]["state"] == "diverged"
+    assert rows["aaa00002"]["miou"] == 30.0 and rows["aaa00002"]["best_miou"] == 31.5  # last vs best
+    assert rows["aaa00002"]["road.grid"] == "2x2"
+    assert rows["aaa00005"]["miou"] is None
+    text = results.format_table(exp)
+    assert "mIoU (oracle)" in text and "source-val mIoU" in text and "target entropy" in text
+    assert text.splitlines()[2].startswith("aaa00002")  # best first
+
+
+def test_best_checkpoint_picks_highest_miou(tmp_path):
+    path = make_experiment(tmp_path)
+    ckpt = best_checkpoint(path)
+    assert Path(ckpt).name == "checkpoint_0000020" and "aaa00002" in ckpt
+    # A label-free proxy: lowest target entropy (1/i) is the last report of a 3-report trial.
+    assert Path(best_checkpoint(path, metric="target_entropy")).name == "checkpoint_0000030"
+
+
+def test_best_checkpoint_skips_deleted_and_follows_moved_experiments(tmp_path):
+    path = make_experiment(tmp_path / "a")
+    best = Path(best_checkpoint(path))
+    for f in best.iterdir():
+        f.unlink()
+    best.rmdir()  # Ray Train deleted it: the next best report (30.0, same trial, iter 30) wins
+    assert Path(best_checkpoint(path)).name == "checkpoint_0000030"
+    moved = tmp_path / "b"
+    path.rename(moved)  # a copied experiment: checkpoint paths are rebased onto its train_runs/
+    assert str(best_checkpoint(moved)).startswith(str(moved / results.TRAIN_RUNS))
+
+
+def test_best_checkpoint_errors_clearly(tmp_path):
+    with pytest.raises(ExperimentError, match="does not exist"):
+        best_checkpoint(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExperimentError, match="no Tune trials"):
+        best_checkpoint(tmp_path / "empty")
+    path = make_experiment(tmp_path / "x", trials=[TRIALS[-1]])  # only a diverged trial
+    with pytest.raises(ExperimentError, match="nothing to evaluate"):
+        best_checkpoint(path)
+
+
+def test_write_report_writes_table_and_pngs(tmp_path):
+    out = write_report(make_experiment(tmp_path), tmp_path / "report", log=lambda *_: None)
+    md = (out / "report.md").read_text()
+    assert "| trial |" in md and "mIoU (oracle)" in md and "diverged" in md
+    assert "**Best trial:** `aaa00002`" in md and "road-ray eval --experiment" in md
+    expected = ["miou_vs_lambda_dist.png", "miou_vs_lambda_spt.png", "miou_per_grid.png",
+                "miou_per_teacher_layer.png", "param_importance.png"]  # fmt: skip
+    for name in expected:
+        png = out / name
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name})" in md
+    assert (out / "trials.csv").read_text().count("\n") == len(TRIALS) + 1
+
+
+def test_importance_needs_three_complete_trials(tmp_path):
+    exp = read_experiment(make_experiment(tmp_path, trials=TRIALS[:2]))
+    importance, note = parameter_importance(exp)
+    assert importance == {} and "at least 3" in note
+    out = write_report(exp.path, log=lambda *_: None)
+    assert not (out / "param_importance.png").exists()
+    assert "Parameter importance: needs at least 3" in (out / "report.md").read_text()
+
+
+def test_importance_with_enough_trials(tmp_path):
+    importance, _ = parameter_importance(read_experiment(make_experiment(tmp_path)))
+    assert set(importance) <= set(KEYS) and importance
+    assert sum(importance.values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_report_cli(tmp_path):
+    from road_ray.cli import main
+
+    path = make_experiment(tmp_path)
+    assert main(["report", "--experiment", str(path)]) == 0
+    assert (path / "report" / "report.md").is_file()
+    assert main(["report", "--experiment", str(tmp_path / "missing")]) == 2
+
+
+def test_a_restored_experiment_reads_the_newest_state(tmp_path):
+    path = make_experiment(tmp_path)
+    newest = path / "experiment_state-2026-01-01_00-00-00.json"
+    older = path / "experiment_state-2025-12-31_00-00-00.json"  # the interrupted session's state
+    data = json.loads(newest.read_text())
+    stale = [[e[0].replace('"TERMINATED"', '"RUNNING"'), e[1]] for e in data["trial_data"]]
+    older.write_text(json.dumps({"trial_data": stale}))  # written last: Tune rewrites it after a restore
+    states = {r["trial"]: r["state"] for r in read_experiment(path).table()}
+    assert states["aaa00001"] == "complete"

@@ -1,0 +1,248 @@
+"""Search-space validation (no Ray): every error names the file and the key, before any trial."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from road_ray.config import SMOKE_OVERRIDES
+from road_ray.sweeps.space import SPACES_DIR, Param, SpaceError, load_space, space_from_dict
+
+SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
+PAPER_POINT = {"road.lambda_dist": 0.1, "road.lambda_spt": 0.01, "road.grid": "3x3"}
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "space.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def minimal(**extra):
+    data = {"params": {"road.lambda_dist": {"loguniform": {"low": 0.01, "high": 1.0}}}}
+    data.update(extra)
+    return data
+
+
+def expect_error(data, *fragments):
+    with pytest.raises(SpaceError) as info:
+        space_from_dict(data, "my-space.yaml")
+    message = str(info.value)
+    assert message.startswith("my-space.yaml: "), message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+# --- the shipped spaces ------------------------------------------------------------------
+
+
+def test_all_spaces_are_shipped():
+    names = {p.stem for p in SHIPPED}
+    assert {"minicity", "smoke", "grid_ablation", "gta5_deeplab_vgg16", "gta5_pspnet_resnet101",
+            "synthia_deeplab_vgg16"} <= names  # fmt: skip
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_space_validates(path):
+    space = load_space(path)
+    base = space.base_config()
+    assert space.num_samples >= 1
+    if space.is_grid:
+        assert len(space.grid_points()) >= 2
+        return
+    # λ1, λ2 log-uniform reaching ~1 (short runs need large weights, DESIGN §1); the paper's point first.
+    assert space.params["road.lambda_dist"].kind == "loguniform" and space.params["road.lambda_dist"].high >= 1.0
+    assert space.params["road.lambda_spt"].kind == "loguniform" and space.params["road.lambda_spt"].high >= 1.0
+    assert {k: space.points_to_evaluate[0][k] for k in PAPER_POINT} == PAPER_POINT
+    for point in space.points_to_evaluate:
+        space.trial_config(base, point)  # every point is a valid config
+
+
+def test_minicity_space_searches_grid_and_teacher_layer():
+    space = load_space("minicity")
+    assert set(space.params["road.grid"].values) == {"1x1", "2x1", "2x2", "3x3"}
+    assert set(space.params["model.teacher_layer"].values) == {"layer2", "layer3", "layer4"}
+    assert space.scheduler.type == "asha"
+
+
+def test_smoke_space_uses_the_smoke_sizes():
+    space = load_space("smoke")
+    base = space.base_config()
+    assert base.data.crop_size == SMOKE_OVERRIDES["data.crop_size"]
+    assert base.data.minicity_size == "small"
+    assert 2 <= space.num_samples <= 3
+
+
+def test_paper_spaces_use_the_paper_setup_and_placeholders():
+    for name, backbone, label_space in [("gta5_deeplab_vgg16", "vgg16", "cityscapes19"),
+                                        ("gta5_pspnet_resnet101", "resnet101", "cityscapes19"),
+                                        ("synthia_deeplab_vgg16", "vgg16", "synthia16")]:  # fmt: skip
+        base = load_space(name).base_config()
+        assert base.model.backbone == backbone and base.data.label_space == label_space
+        assert base.data.crop_size == 321 and base.data.batch_source == base.data.batch_target == 5
+        assert base.optim.lr == pytest.approx(2.5e-4)
+        assert "CHANGE-ME" in base.data.source  # the user must point it at their shards
+
+
+def test_grid_ablation_expands_to_the_cartesian_product():
+    space = load_space("grid_ablation")
+    points = space.grid_points()
+    assert {p["road.grid"] for p in points} == {"1x1", "2x1", "2x2", "3x3"}
+    assert len(points) == 4 * len(space.grid["run.seed"])
+    assert space.scheduler.type == "fifo"
+
+
+def test_space_by_name_and_missing_file(tmp_path):
+    assert load_space("smoke").path.endswith("smoke.yaml")
+    with pytest.raises(SpaceError, match="does not exist.*minicity"):
+        load_space(tmp_path / "nope.yaml")
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def test_not_yaml_names_the_file(tmp_path):
+    path = write(tmp_path, "params: [unclosed\n")
+    with pytest.raises(SpaceError, match=f"{path}: not valid YAML"):
+        load_space(path)
+
+
+def test_error_from_a_file_names_file_and_key(tmp_path):
+    path = write(tmp_path, """
+        params:
+          road.lamda_dist: {loguniform: {low: 0.01, high: 1}}
+    """)
+    with pytest.raises(SpaceError, match=rf"{path}: params.road.lamda_dist: unknown config key"):
+        load_space(path)
+
+
+def test_unknown_top_level_key():
+    expect_error(minimal(num_sample=4), "num_sample: unknown top-level key")
+
+
+def test_unknown_config_key_suggests():
+    msg = expect_error({"params": {"road.lambda": {"choice": [0.1]}}}, "params.road.lambda: unknown config key")
+    assert "road.lambda_dist" in msg  # a suggestion
+    expect_error(minimal(fixed={"optim.learning_rate": 0.1}), "fixed.optim.learning_rate: unknown config key")
+
+
+def test_unknown_distribution():
+    expect_error({"params": {"road.lambda_dist": {"normal": {"low": 0, "high": 1}}}},
+                 "params.road.lambda_dist", "unknown distribution 'normal'")  # fmt: skip
+
+
+def test_low_above_high():
+    expect_error({"params": {"road.lambda_dist": {"uniform": {"low": 0.5, "high": 0.1}}}},
+                 "params.road.lambda_dist", "low (0.5) > high (0.1)")  # fmt: skip
+
+
+@pytest.mark.parametrize("low", [0, -0.1])
+def test_loguniform_needs_positive_low(low):
+    expect_error({"params": {"road.lambda_spt": {"loguniform": {"low": low, "high": 1}}}},
+                 "params.road.lambda_spt.low", "loguniform needs low > 0")  # fmt: skip
+
+
+def test_bounds_must_be_numbers_and_complete():
+    expect_error({"params": {"road.lambda_dist": {"uniform": {"low": "a", "high": 1}}}}, "params.road.lambda_dist.low")
+    expect_error({"params": {"road.lambda_dist": {"uniform": {"low": 0.1}}}}, "expects {low: ..., high: ...}")
+
+
+def test_negative_uniform_is_rejected_by_the_config():
+    expect_error({"params": {"road.lambda_dist": {"uniform": {"low": -1, "high": 1}}}},
+                 "params.road.lambda_dist", "rejected by the config", ">= 0")  # fmt: skip
+
+
+def test_grid_that_does_not_parse():
+    expect_error({"params": {"road.grid": {"choice": {"values": ["3x3", "3by3"]}}}},
+                 "params.road.grid", "'3by3'", "HxW")  # fmt: skip
+    expect_error(minimal(fixed={"road.grid": "0x2"}), "fixed.road.grid", "HxW")
+
+
+def test_choice_value_rejected_by_the_config():
+    expect_error({"params": {"road.mode": {"choice": ["road", "adapt"]}}}, "params.road.mode", "'adapt'", "nonadapt")
+    # a teacher layer the backbone does not have
+    expect_error({"params": {"model.teacher_layer": {"choice": ["layer4", "conv5"]}}},
+                 "params.model.teacher_layer", "'conv5'", "layer4")  # fmt: skip
+
+
+def test_fixed_value_rejected_by_the_config():
+    expect_error(minimal(fixed={"data.crop_size": 8}), "fixed.data.crop_size", ">= 16")
+    expect_error(minimal(fixed={"run.num_workers": "two"}), "fixed.run.num_workers", "integer")
+    expect_error({"params": {"run.seed": {"fixed": "zero"}}}, "params.run.seed", "integer")
+    # consistent together: VGG-16 needs a conv* teacher layer
+    expect_error(minimal(fixed={"model.backbone": "vgg16"}), "fixed:", "teacher_layer")
+
+
+def test_distribution_type_must_match_the_key():
+    expect_error({"params": {"road.grid": {"uniform": {"low": 1, "high": 3}}}}, "params.road.grid", "use choice")
+    expect_error({"params": {"run.seed": {"loguniform": {"low": 1, "high": 3}}}}, "params.run.seed", "randint")
+
+
+def test_reserved_keys():
+    expect_error(minimal(fixed={"run.name": "x"}), "fixed.run.name", "set by the sweep")
+
+
+def test_point_with_unknown_key():
+    expect_error(minimal(points_to_evaluate=[{"road.lambda_distt": 0.1}]),
+                 "points_to_evaluate[0].road.lambda_distt", "unknown config key")  # fmt: skip
+    expect_error(minimal(points_to_evaluate=[{"road.lambda_spt": 0.1}]),
+                 "points_to_evaluate[0].road.lambda_spt", "not a searched parameter")  # fmt: skip
+
+
+def test_point_outside_the_distribution():
+    expect_error(minimal(points_to_evaluate=[{"road.lambda_dist": 5.0}]), "points_to_evaluate[0].road.lambda_dist",
+                 "outside loguniform")  # fmt: skip
+
+
+def test_point_missing_keys_take_the_fixed_value():
+    space = space_from_dict({
+        "fixed": {"road.lambda_spt": 0.3},
+        "params": {"road.lambda_dist": {"loguniform": {"low": 0.01, "high": 1}},
+                   "road.lambda_spt": {"loguniform": {"low": 0.001, "high": 1}}},
+        "points_to_evaluate": [{"road.lambda_dist": 0.1}],
+    })  # fmt: skip
+    assert space.points_to_evaluate == [{"road.lambda_dist": 0.1, "road.lambda_spt": 0.3}]
+
+
+def test_scheduler_and_scalars():
+    expect_error(minimal(scheduler={"type": "hyperband"}), "scheduler.type", "asha, fifo")
+    expect_error(minimal(scheduler={"grace": 3}), "scheduler.grace", "unknown key")
+    expect_error(minimal(scheduler={"reduction_factor": 1}), "scheduler.reduction_factor", "> 1")
+    expect_error(minimal(num_samples=0), "num_samples", ">= 1")
+    expect_error(minimal(max_concurrent="many"), "max_concurrent")
+    expect_error(minimal(metric="accuracy"), "metric", "not a reported metric")
+    expect_error(minimal(metric="target_entropy", mode="max"), "mode", "lower", "mode: min")
+
+
+def test_grid_form_errors():
+    expect_error({"grid": {"road.grid": []}}, "grid.road.grid", "non-empty list")
+    expect_error({"grid": {"road.grid": ["1x1", "nine"]}}, "grid.road.grid", "HxW")
+    expect_error({**minimal(), "grid": {"run.seed": [0, 1]}}, "not both")
+    expect_error({"grid": {"run.seed": [0, 1]}, "points_to_evaluate": [{"run.seed": 0}]}, "points_to_evaluate")
+    expect_error({}, "nothing to search")
+
+
+def test_valid_space_is_typed_and_round_trips():
+    space = space_from_dict({
+        "metric": "target_entropy", "num_samples": 5, "max_concurrent": 2, "seed": 7,
+        "scheduler": {"grace_period": 50, "reduction_factor": 3},
+        "fixed": {"optim.max_iters": 200},
+        "params": {"road.lambda_dist": {"loguniform": {"low": 0.01, "high": 1}},
+                   "road.grid": {"choice": {"values": ["1x1", "3x3"]}},
+                   "run.seed": {"randint": {"low": 0, "high": 3}},
+                   "optim.lr": {"uniform": {"low": 1e-4, "high": 1e-3}},
+                   "model.teacher_layer": "layer3"},
+    })  # fmt: skip
+    assert space.mode == "min" and space.max_concurrent == 2 and space.seed == 7
+    assert space.params["road.grid"] == Param("road.grid", "choice", values=("1x1", "3x3"))
+    assert space.params["run.seed"].kind == "randint"
+    assert space.fixed["model.teacher_layer"] == "layer3"  # a bare value is fixed
+    base = space.base_config()
+    assert base.optim.max_iters == 200 and base.model.teacher_layer == "layer3"
+    cfg = space.trial_config(base, {"road.lambda_dist": 0.5, "road.grid": "1x1", "run.seed": 2, "optim.lr": 5e-4})
+    assert (cfg.road.lambda_dist, cfg.road.grid, cfg.run.seed) == (0.5, "1x1", 2)
+    assert space.max_iters(base) == 200
+    again = space_from_dict(space.to_dict())
+    assert again.params == space.params and again.fixed == space.fixed and again.scheduler == space.scheduler

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Sweep ROAD's hyper-parameters on Ray Tune (Optuna + ASHA): ``python tune.py [options]``.
+
+With no arguments: the MiniCity sweep of search_spaces/minicity.yaml on a local Ray instance
+(about ten minutes on two CPU cores). Inside ``ray job submit -- python tune.py ...`` it
+connects to the cluster (RAY_ADDRESS) instead. The machinery is road_ray/on_ray/tune.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tune.py",
+        description="Sweep ROAD's λ1 (road.lambda_dist), λ2 (road.lambda_spt), partition grid and teacher layer "
+        "with Ray Tune + Optuna (ASHA early stopping), then print the table of trials, the best checkpoint and "
+        "the command that evaluates it.",
+        epilog="Search spaces: search_spaces/*.yaml (format: road_ray/sweeps/space.py). mIoU is the target-val "
+        "mIoU (the oracle); source-val mIoU and target entropy are label-free proxies shown beside it.",
+    )
+    p.add_argument("--space", help="search-space YAML file, or a shipped space's name (minicity, smoke, grid_ablation, "
+                   "gta5_deeplab_vgg16, ...); default: minicity (smoke with --smoke)")  # fmt: skip
+    p.add_argument("--num-samples", type=int, help="number of trials (overrides the space's num_samples)")
+    p.add_argument("--storage", help="folder or URI holding experiments (default: $ROAD_RAY_STORAGE or ~/road-ray-results)")
+    p.add_argument("--name", help="experiment name (default: SPACE-DATE-TIME); with --resume: which one to resume "
+                   "(default: the latest of this space)")  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep: finished trials are kept, "
+                   "unfinished ones continue from their checkpoints")  # fmt: skip
+    p.add_argument("--smoke", action="store_true", help="the real path at toy size (search_spaces/smoke.yaml, "
+                   "or the given --space with the smoke sizes, at most 3 trials)")  # fmt: skip
+    p.add_argument("--optuna-storage", metavar="SQLITE_FILE",
+                   help="also keep the Optuna study in this SQLite file (e.g. to inspect it with optuna-dashboard)")
+    p.add_argument("--max-concurrent", type=int, help="trials at a time (default: the space's, else GPUs // GPUs "
+                   "per trial, or 1 per ~4 CPU cores)")  # fmt: skip
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from road_ray.config import ConfigError
+    from road_ray.sweeps.space import SpaceError
+
+    try:
+        if args.max_concurrent is not None and args.max_concurrent < 1:
+            raise ValueError(f"--max-concurrent: expected >= 1, got {args.max_concurrent}")
+        from road_ray.on_ray.tune import print_outcome, run_sweep
+
+        outcome = run_sweep(
+            args.space, num_samples=args.num_samples, storage=args.storage, name=args.name, resume=args.resume,
+            smoke=args.smoke, optuna_storage=args.optuna_storage, max_concurrent=args.max_concurrent,
+        )  # fmt: skip
+    except (SpaceError, ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"tune.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tune.py: interrupted; continue with: python tune.py --resume [--name NAME]", file=sys.stderr)
+        return 130
+    print_outcome(outcome)
+    return 0 if outcome.best_trial is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
