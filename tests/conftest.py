@@ -13,8 +13,20 @@ def ray_session():
     import ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("RAY_num_workers_soft_limit", "6")  # see road_ray.on_ray.train.init_ray
     # Leave CPUs for Ray Data: train workers use fractional CPUs in tests (ray-notes).
     if not ray.is_initialized():
         ray.init(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=True, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def road_ray_home(tmp_path_factory):
+    """A session-wide ROAD_RAY_HOME: MiniCity 'small' and the pretrained small backbone, built once."""
+    home = os.environ.get("ROAD_RAY_TEST_HOME") or str(tmp_path_factory.mktemp("road_ray_home"))
+    os.environ["ROAD_RAY_HOME"] = home
+    from road_ray.engine.resolve import ensure_minicity
+
+    ensure_minicity("small", log=lambda s: None)
+    return home

@@ -255,6 +255,9 @@ fixed:
   data.target_val: {shards}/target_val
   model.pretrained: none               # the pretraining cache is not what this test is about
   model.allow_untrained_teacher: true
+  optim.max_iters: 2                   # placement is the point, not learning
+  run.eval_every: 2
+  data.max_val_images: 2
   run.num_workers: 2
   run.cpus_per_worker: {CPUS_PER_WORKER}
   run.max_failures: 0
@@ -314,7 +317,7 @@ def test_sweep_on_two_nodes(cluster: TwoNodeCluster):
     t2 = time.monotonic()
     cluster.run(
         [ROAD_RAY, "eval", "--experiment", f"{storage}/two-nodes", "--best",
-         "--shards", f"{shards}/target_val", "--json", str(out)],
+         "--shards", f"{shards}/target_val", "--max-images", "2", "--json", str(out)],
         timeout=180,
     )  # fmt: skip
     timings["eval"] = time.monotonic() - t2

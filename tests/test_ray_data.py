@@ -50,7 +50,8 @@ def shards(tmp_path_factory):
     write_split(root / "source", SOURCE_ROWS, "source", True, seed=0)
     write_split(root / "target", TARGET_ROWS, "target", False, seed=1)
     val_ids = write_split(root / "val", 5, "target", lambda i: i % 2 == 0, seed=2)
-    return {"source": str(root / "source"), "target": str(root / "target"), "val": str(root / "val"), "val_ids": val_ids}
+    splits = {name: str(root / name) for name in ("source", "target", "val")}
+    return {**splits, "val_ids": val_ids}
 
 
 @pytest.fixture

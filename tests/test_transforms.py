@@ -71,7 +71,9 @@ def test_crop_pixels_come_from_where_the_box_says(scale, crop, flip):
         # at index + 0.5, clamped at the border), up to uint8 rounding (0.5) and OpenCV's
         # 1/32-px fixed point. A float copy of the image shows it without the rounding, so a
         # half-pixel convention error (a shift of 0.25-0.5 px) cannot hide in the tolerance.
-        img_f, _, box_f = random_scale_crop(image.astype(np.float32), None, crop, scale, np.random.default_rng(seed), flip)
+        img_f, _, box_f = random_scale_crop(
+            image.astype(np.float32), None, crop, scale, np.random.default_rng(seed), flip
+        )
         np.testing.assert_array_equal(box, box_f)
         for channel, orig, size in [(0, y_orig, H), (1, x_orig, W)]:
             expected = np.clip(orig[valid], 0.5, size - 0.5) - 0.5

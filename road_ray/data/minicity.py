@@ -85,7 +85,8 @@ _SPLIT_CODE = {"source_train": 1, "source_val": 2, "target_train": 3, "target_va
 
 # The pretraining task: name the object (or material) in the middle of a photo-style crop.
 # One class per street concept, as an ImageNet model knows streetcars, traffic lights, street
-# signs, poles and bicycles; class i is about trainId i (but the label is the crop's, not a pixel map).
+# signs, poles and bicycles. Class i shows what trainId i labels, but the label is the picture's,
+# never a pixel map.
 PRETRAIN_CLASSES: tuple[str, ...] = (
     "asphalt", "pavement", "facade", "wall", "fence", "pole", "traffic light", "traffic sign",
     "tree", "grass", "sky", "pedestrian", "cyclist", "car", "truck", "bus", "tram", "motorbike", "bicycle",
@@ -132,12 +133,21 @@ def _object_window(scene: Scene, ids: np.ndarray, parts: list, rng: np.random.Ge
 
 
 def _material_window(label: np.ndarray, cls: int, rng: np.random.Generator) -> tuple[float, float, float] | None:
-    """A random square window (top, left, side) at least 55% of class ``cls``, or None."""
+    """A random square window (top, left, side) at least 55% of class ``cls``, or None.
+
+    Candidates are centred on random pixels of the class, with random sides from 6% to 40% of
+    the image height; the first good one is taken.
+    """
     h, w = label.shape
-    inside = np.pad((label == cls).astype(np.int32), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    mask = label == cls
+    where = np.flatnonzero(mask)
+    if len(where) < 9:
+        return None
+    inside = np.pad(mask.astype(np.int32), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    centre = where[rng.integers(len(where), size=64)]
     side = np.maximum(3, (h * rng.uniform(0.06, 0.4, 64)).astype(int))
-    r = (rng.random(64) * (h - side + 1)).astype(int)
-    c = (rng.random(64) * (w - side + 1)).astype(int)
+    r = np.clip(centre // w - side // 2, 0, h - side)
+    c = np.clip(centre % w - side // 2, 0, w - side)
     share = (inside[r + side, c + side] - inside[r, c + side] - inside[r + side, c] + inside[r, c]) / side**2
     good = np.flatnonzero(share >= 0.55)
     if not len(good):
@@ -147,7 +157,8 @@ def _material_window(label: np.ndarray, cls: int, rng: np.random.Generator) -> t
 
 
 def pretrain_crops(rng: np.random.Generator, size: MiniCitySize, classes: tuple[int, ...]) -> list[np.ndarray]:
-    """Photo-style ``pretrain_size`` square images, one per class in ``classes`` (one or two).
+    """Photo-style ``pretrain_size`` square images, one per class in ``classes`` (one or two
+    distinct indices into PRETRAIN_CLASSES, which are also the trainIds of the things shown).
 
     A street scene is drawn with those objects in view (materials: a window mostly of that
     material is searched), then each window is *re-rendered* at the crop's resolution through a
@@ -183,6 +194,7 @@ def pretrain_crops(rng: np.random.Generator, size: MiniCitySize, classes: tuple[
 
 
 def _scene_task(task: tuple[str, int, int, MiniCitySize]) -> tuple[bytes, bytes, list[int], int]:
+    """One row of a segmentation split (runs in a worker): PNG image, PNG label, label statistics."""
     split, index, seed, spec = task
     image, label = render_scene(item_rng(seed, split, index), spec.height, spec.width, SPLITS[split][0])
     class_pixels, ignore_pixels = label_statistics(label)

@@ -308,7 +308,7 @@ def render_photo(scene: Scene, raster: Raster) -> np.ndarray:
         el, az = scene.sun
         sun = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)], np.float32)
         ambient, direct = rng.uniform(0.35, 0.5), rng.uniform(0.8, 1.0)
-        shade = ambient * (0.75 + 0.25 * normals[:, 1]) + direct * np.clip(normals @ sun, 0, None)
+        shade = ambient * (0.75 + 0.25 * normals[:, 1]) + direct * np.clip((normals * sun).sum(axis=1), 0, None)
     else:
         ambient = rng.uniform(0.8, 0.95)
         shade = ambient * (0.72 + 0.28 * normals[:, 1])
@@ -336,13 +336,13 @@ def render_photo(scene: Scene, raster: Raster) -> np.ndarray:
 
 def camera_pipeline(rng: np.random.Generator, radiance: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
     """Optics (lens blur, vignetting), sensor (auto-exposure, shot and read noise), ISP (white
-    balance, highlight roll-off and clipping, gamma-free 8 bits) and JPEG compression."""
+    balance, highlight roll-off and clipping, 8-bit quantization) and JPEG compression."""
     h, w = radiance.shape[:2]
     x = cv2.GaussianBlur(radiance, (0, 0), rng.uniform(0.5, 0.9))
     ry = ((np.arange(h, dtype=np.float32) - h / 2) / (h / 2)) ** 2
     rx = ((np.arange(w, dtype=np.float32) - w / 2) / (w / 2)) ** 2
     x *= (1 - rng.uniform(0.15, 0.35) * 0.5 * (ry[:, None] + rx[None, :]))[..., None]
-    lum = x @ np.array([0.3, 0.59, 0.11], np.float32)
+    lum = 0.3 * x[..., 0] + 0.59 * x[..., 1] + 0.11 * x[..., 2]
     metered = float(lum[~exclude].mean()) if exclude is not None and (~exclude).any() else float(lum.mean())
     x *= float(np.clip(rng.uniform(0.28, 0.40) / max(metered, 1e-3), 0.5, 3.0))  # auto-exposure on the scene
     noise_a, noise_b = rng.uniform(0.0005, 0.002), rng.uniform(0.0001, 0.0004)

@@ -118,7 +118,7 @@ def random_scale_crop(
     """Resize by ``scale``, pad, cut a random ``crop_size²`` window, mirror it with p = 1/2 if ``flip``.
 
     Args:
-        image: uint8 ``[H, W, 3]``.
+        image: uint8 ``[H, W, 3]`` (float images work too, e.g. to check the sampling exactly).
         label: uint8 ``[H, W]`` trainIds, or None (unlabeled target images).
         crop_size: side of the square crop, in resized pixels.
         scale: resized size / original size (the box's ``scale``).
@@ -285,7 +285,9 @@ class WholeImageBatch:
                     raise ValueError(f"row {ids[i]!r}: no label in a labeled validation split")
                 label = decode_label(encoded)
                 if label.shape != images[i].shape[:2]:
-                    raise ValueError(f"row {ids[i]!r}: label size {label.shape} differs from image size {images[i].shape[:2]}")
+                    raise ValueError(
+                        f"row {ids[i]!r}: label size {label.shape} differs from image size {images[i].shape[:2]}"
+                    )
                 labels.append(label)
             out["label"] = np.stack(labels).astype(np.int64) if labels else np.empty((0, 0, 0), np.int64)
         return out

@@ -35,14 +35,15 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Union
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 import torch
-from ray.data import DataContext, DataIterator, Dataset, FileShuffleConfig
+from ray.data import DataContext, DataIterator, Dataset, ExecutionResources, FileShuffleConfig
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.expressions import col, random as random_expr
 
 from road_ray.config import DataConfig
-from road_ray.data.shards import list_shard_files
+from road_ray.data.shards import count_rows, list_shard_files, open_fs
 from road_ray.data.transforms import NONCE_COLUMN, CropBatch, WholeImageBatch
 
 # Rows per map_batches call: small enough that one call is a fraction of a second on
@@ -180,10 +181,6 @@ def val_stream(path: str, cfg: DataConfig, *, max_images: int = 0) -> Dataset:
 
 def _first_labeled_ids(path: str, n: int) -> list[str]:
     """The ids of the first ``n`` labeled rows of a shard folder, in file order (reads only those)."""
-    import pyarrow.parquet as pq
-
-    from road_ray.data.shards import open_fs
-
     ids: list[str] = []
     for uri in list_shard_files(path):
         fs, file_path = open_fs(uri)
@@ -277,7 +274,9 @@ def mixed_domain_batches(
     (``"auto"``: the Train worker's device).
     """
     common = dict(prefetch_batches=prefetch_batches, device=device, shuffle_buffer=shuffle_buffer)
-    source = _endless_batches(source_it, name="source", columns=("image", "label", "box"), batch_size=batch_source, **common)
+    source = _endless_batches(
+        source_it, name="source", columns=("image", "label", "box"), batch_size=batch_source, **common
+    )
     target = _endless_batches(target_it, name="target", columns=("image", "box"), batch_size=batch_target, **common)
     for s, t in zip(source, target):
         yield {
@@ -313,10 +312,6 @@ class _ShardCrops(torch.utils.data.IterableDataset):
         self.crop = CropBatch(cfg, seed=seed, labeled=True)
 
     def __iter__(self):
-        import pyarrow.parquet as pq
-
-        from road_ray.data.shards import open_fs
-
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         unit = 0
@@ -360,11 +355,15 @@ def _cpu_seconds_since(before: dict[int, float]) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in _tree_cpu_seconds().items())
 
 
-def _crops_per_second(batches: Iterator[dict[str, torch.Tensor]], steps: int, batch_size: int, warmup: int) -> dict[str, float]:
+def _crops_per_second(
+    batches: Iterator[dict[str, torch.Tensor]], steps: int, batch_size: int, warmup: int
+) -> dict[str, float]:
     """Time ``steps`` batches after ``warmup`` batches (start-up: worker processes, imports)."""
     start = time.perf_counter()
     for _ in range(warmup):
-        assert next(batches)["image"].shape[0] == batch_size
+        first = next(batches)
+    if first["image"].shape[0] != batch_size:
+        raise RuntimeError(f"benchmark: expected batches of {batch_size} crops, got {first['image'].shape[0]}")
     warm, cpu_warm = time.perf_counter(), _tree_cpu_seconds()
     for _ in range(steps):
         next(batches)
@@ -392,10 +391,6 @@ def compare_with_dataloader(path: str, cfg: DataConfig, num_workers: int, steps:
     machine than the wall-clock rates; ``load_avg`` tells how busy the machine was.
     Needs a running local Ray instance (``ray.init`` first).
     """
-    from ray.data import ExecutionResources
-
-    from road_ray.data.shards import count_rows
-
     batch = cfg.batch_source
     warmup = max(1, count_rows(path) // batch)
     load_before = os.getloadavg()[0]

@@ -12,6 +12,7 @@ A run is named deterministically, so restarting with the same storage and name r
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import posixpath
@@ -32,9 +33,6 @@ from road_ray.engine.resolve import check_shard_folders, resolve_config
 from road_ray.on_ray.data import iter_val_batches, mixed_domain_batches, train_stream, val_stream
 from road_ray.paths import default_storage
 
-# Injected failures for the fault-tolerance test: "ITER" makes rank 0 exit hard at that
-# iteration, once (a marker file next to the run remembers that it already happened).
-FAULT_ENV = "ROAD_RAY_INJECT_FAULT_AT"
 
 
 def run_name(cfg: Config) -> str:
@@ -79,10 +77,21 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     def all_reduce(t: torch.Tensor) -> None:
         torch.distributed.all_reduce(t)
 
-    fault_at = int(os.environ.get(FAULT_ENV, "0") or 0)
-    marker = Path(loop_config.get("fault_marker", "")) if fault_at else None
+    # Fault injection for the fault-tolerance test: rank 0 dies hard once, after reporting
+    # iteration `inject_fault_at` (a marker file remembers that it already happened).
+    fault_at = int(loop_config.get("inject_fault_at", 0))
+    marker = Path(loop_config["fault_marker"]) if fault_at else None
+
+    # Rank 0 keeps the run's whole metric history next to its checkpoints (Ray keeps only
+    # the metrics of the checkpoints it keeps): one JSON object per report.
+    history_uri = loop_config["history"]
+    history = (_read_text(history_uri) or "") if rank == 0 else ""
 
     def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        nonlocal history
+        if rank == 0:
+            history += json.dumps(metrics, default=float) + "\n"
+            _write_text(history_uri, history)
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(
             _ray_metrics(metrics), checkpoint=checkpoint,
@@ -133,6 +142,15 @@ def _read_text(uri: str) -> str | None:
         return None
 
 
+HISTORY_FILE = "metrics.jsonl"
+
+
+def read_history(run_dir: str) -> list[dict[str, Any]]:
+    """Every report of a run (``metrics.jsonl`` in its folder), oldest first."""
+    text = _read_text(join(run_dir, HISTORY_FILE)) or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def diverged_marker(storage: str, name: str) -> str:
     return join(storage, name, "DIVERGED.txt")
 
@@ -155,6 +173,7 @@ def build_trainer(
     name: str,
     callbacks: list | None = None,
     torch_threads: int = 1,
+    inject_fault_at: int = 0,
 ) -> TorchTrainer:
     """A TorchTrainer for one run; the datasets are Ray Data streams of the configured shards."""
     from road_ray.on_ray.data import read_shards  # noqa: F401  (import check: fail fast on Ray Data)
@@ -175,8 +194,10 @@ def build_trainer(
         train_worker,
         train_loop_config={
             "config": cfg.to_dict(), "val_splits": val_splits, "torch_threads": torch_threads,
-            "fault_marker": str(Path(tempfile.gettempdir()) / f"road-ray-fault-{name}"),
+            "inject_fault_at": inject_fault_at,
+            "fault_marker": str(Path(tempfile.gettempdir()) / f"road-ray-fault-{name}-{os.getpid()}"),
             "diverged_marker": diverged_marker(storage_path, name),
+            "history": join(storage_path, name, HISTORY_FILE),
         },  # fmt: skip
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.run.num_workers, use_gpu=use_gpu,
@@ -228,11 +249,15 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()  # passing resources while connecting is an error (ray-notes)
     else:
+        # Fractional-CPU map tasks make Ray kill idle workers past the CPU count, so every
+        # epoch would start fresh ones (re-importing pyarrow/cv2): keep a few more alive.
+        os.environ.setdefault("RAY_num_workers_soft_limit", "6")
         ray.init(num_cpus=num_cpus, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def run_training(cfg: Config, storage: str | None = None, name: str | None = None, log=print) -> dict[str, Any]:
+def run_training(cfg: Config, storage: str | None = None, name: str | None = None, log=print,
+                 inject_fault_at: int = 0) -> dict[str, Any]:  # fmt: skip
     """Resolve inputs, run one TorchTrainer to the end, return its summary."""
     cfg = resolve_config(cfg, log=log)
     check_shard_folders(cfg)
@@ -241,7 +266,7 @@ def run_training(cfg: Config, storage: str | None = None, name: str | None = Non
     name = name or run_name(cfg)
     init_ray()
     log(f"[train] run {name} in {storage}")
-    trainer = build_trainer(cfg, storage=storage, name=name)
+    trainer = build_trainer(cfg, storage=storage, name=name, inject_fault_at=inject_fault_at)
     return summarize(trainer.fit(), storage, name)
 
 

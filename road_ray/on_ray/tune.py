@@ -137,8 +137,9 @@ def run_sweep(
         if _exists(join(experiment_dir, results.SWEEP_RECORD)) or _exists(join(experiment_dir, "tuner.pkl")):
             raise ValueError(f"experiment {experiment_dir} already exists: pass --resume to continue it, or another --name")
         base = spec.base_config()
-        if smoke and Path(spec.path).stem != SMOKE_SPACE:
+        if smoke and not spec.smoke:
             apply_overrides(base, SMOKE_OVERRIDES)  # a toy-size run of this space
+            base.validate()
         _check_placeholders(base, spec.path)
         base = resolve_config(base, log=log)  # MiniCity + small-backbone pretraining, once, here
         check_shard_folders(base)

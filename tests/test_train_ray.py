@@ -1,0 +1,86 @@
+"""One ROAD run on Ray Train: 2 workers (gloo), resume, a worker killed mid-run, divergence."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from road_ray.config import SMOKE_OVERRIDES, Config, apply_overrides
+from road_ray.engine.checkpoint import load_checkpoint
+from road_ray.engine.loop import TrainingDiverged
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def smoke_config(**overrides) -> Config:
+    cfg = apply_overrides(Config(), SMOKE_OVERRIDES)
+    return apply_overrides(cfg, overrides).validate()
+
+
+def reported(run_dir: str) -> list[dict]:
+    from road_ray.on_ray.train import read_history
+
+    return read_history(run_dir)
+
+
+def test_two_workers_loss_falls(ray_session, road_ray_home, tmp_path):
+    from road_ray.on_ray.train import run_training
+
+    cfg = smoke_config(**{"run.num_workers": 2, "optim.max_iters": 12, "run.eval_every": 6, "optim.lr": 0.01})
+    summary = run_training(cfg, storage=str(tmp_path), name="two", log=lambda s: None)
+    assert summary["iter"] == 12 and summary["miou"] is not None
+    metrics = reported(summary["run_dir"])
+    first, last = metrics[0], metrics[-1]
+    assert last["iter"] == 12 and last["loss/seg"] < first["loss/seg"]
+    assert load_checkpoint(summary["checkpoint"])["iteration"] == 12
+
+
+def test_restart_resumes_and_worker_fault_is_survived(ray_session, road_ray_home, tmp_path):
+    from road_ray.on_ray.train import run_training
+
+    # A worker dies hard after iteration 3; FailureConfig restarts it from checkpoint 3.
+    cfg = smoke_config(**{"optim.max_iters": 6, "run.eval_every": 3, "run.max_failures": 1})
+    summary = run_training(cfg, storage=str(tmp_path), name="resume", log=lambda s: None, inject_fault_at=3)
+    assert summary["iter"] == 6
+    # The same storage + name with a longer schedule resumes at 6, not from zero.
+    cfg_longer = smoke_config(**{"optim.max_iters": 9, "run.eval_every": 3})
+    summary = run_training(cfg_longer, storage=str(tmp_path), name="resume", log=lambda s: None)
+    assert summary["iter"] == 9
+    assert [m["iter"] for m in reported(summary["run_dir"])] == [3, 3, 6, 9]  # 3 again after the fault
+    payload = load_checkpoint(summary["checkpoint"])
+    assert payload["iteration"] == 9 and payload["optimizer"]["state"]
+
+
+def test_diverging_run_stops_with_reason(ray_session, road_ray_home, tmp_path):
+    from road_ray.on_ray.train import run_training
+
+    cfg = smoke_config(**{"optim.lr": 1e12, "road.mode": "nonadapt", "optim.max_iters": 8, "run.log_every": 1})
+    with pytest.raises(TrainingDiverged, match="loss became"):
+        run_training(cfg, storage=str(tmp_path), name="nan", log=lambda s: None)
+
+
+def test_cli_smoke_then_eval(road_ray_home, tmp_path):
+    """The README's flow: `road-ray train --smoke` (own Ray instance), then `road-ray eval`."""
+    run = subprocess.run(
+        [sys.executable, "-m", "road_ray.cli", "train", "--smoke", "--storage", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["iter"] == SMOKE_OVERRIDES["optim.max_iters"] and summary["checkpoint"]
+    out = tmp_path / "scores.json"
+    ev = subprocess.run(
+        [sys.executable, "-m", "road_ray.cli", "eval", "--checkpoint", summary["checkpoint"], "--json", str(out),
+         "--save-predictions", str(tmp_path / "preds"), "--max-images", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    scores = json.loads(out.read_text())
+    assert set(scores["iou"]) >= {"road", "traffic light", "sky"} and 0 <= scores["miou"] <= 100
+    assert len(list((tmp_path / "preds").glob("*_pred_labelIds.png"))) == 2
+    bad = subprocess.run([sys.executable, "-m", "road_ray.cli", "eval", "--checkpoint", str(tmp_path / "nope")],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
