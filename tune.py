@@ -41,11 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from road_ray.config import ConfigError
-    from road_ray.sweeps.space import SpaceError
+    from road_ray.sweeps.space import DEFAULT_SPACE, SMOKE_SPACE, SpaceError, load_space
 
     try:
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise ValueError(f"--max-concurrent: expected >= 1, got {args.max_concurrent}")
+        if not args.resume:  # a bad space fails in a second, before Ray is even imported
+            load_space(args.space or (SMOKE_SPACE if args.smoke else DEFAULT_SPACE))
         from road_ray.on_ray.tune import print_outcome, run_sweep
 
         outcome = run_sweep(

@@ -82,9 +82,33 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="speed ratios measured side by side in one run")
+    p = sub.add_parser(
+        "bench",
+        help="speed ratios measured side by side in one run",
+        description="Speed as ratios of variants measured side by side in one run (medians of interleaved "
+        "rounds): step = ROAD step vs a plain supervised step, vs the same step inside Ray Train, and the share "
+        "of each ROAD term; data = Ray Data crops/s vs a PyTorch DataLoader, vs the step's consumption, PNG vs "
+        "JPEG shards; eval = whole-image vs sliding-window evaluation images/s. A progress line per phase goes "
+        "to stderr, a table to stdout.",
+    )
     p.add_argument("what", choices=["step", "data", "eval"])
-    p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    p.add_argument("--json", metavar="FILE", help="write the figures, the settings and the machine as JSON")
+    p.add_argument("--network", help="ARCH-BACKBONE, e.g. deeplabv2-small (default), deeplabv2-resnet101, pspnet-resnet101")
+    p.add_argument("--crop", type=int, help="crop side in pixels (default 161; eval: the sliding window)")
+    p.add_argument("--batch", type=int, help="crops per domain per step (default 5, i.e. 5 source + 5 target)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="default auto: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--teacher-layer", help="step: the distilled tap (default: the backbone's last stage, e.g. layer4)")
+    p.add_argument("--repeats", type=int, help="measured rounds (medians are taken over them)")
+    p.add_argument("--warmup", type=int, help="untimed calls of each variant first")
+    p.add_argument("--smoke", action="store_true", default=None, help="toy sizes (MiniCity small, tiny crops, 1-2 rounds)")
+    p.add_argument("--no-ray", dest="ray", action="store_false", default=None,
+                   help="step: skip the Ray Train variant (no Ray started)")  # fmt: skip
+    p.add_argument("--ray-threads", type=int, help="step: torch threads of the Ray Train worker (default: as the bare loop)")
+    p.add_argument("--peak-tflops", type=float, help="step: the device's peak TFLOP/s for MFU (default: a table by GPU name)")
+    p.add_argument("--workers", type=int, help="data: CPU workers of Ray Data and of the DataLoader (default: all cores)")
+    p.add_argument("--steps", type=int, help="data: timed batches per measurement")
+    p.add_argument("--images", type=int, help="eval: images of target_val per pass (default: all)")
     p.set_defaults(run=cmd_bench)
 
 
@@ -146,7 +170,9 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from road_ray.bench import run_bench
 
-    run_bench(args.what, args.json)
+    names = ("network", "crop", "batch", "precision", "device", "teacher_layer", "repeats", "warmup", "smoke", "ray",
+             "ray_threads", "peak_tflops", "workers", "steps", "images")  # fmt: skip
+    run_bench(args.what, args.json, **{name: getattr(args, name) for name in names})
 
 
 def main(argv: list[str] | None = None) -> int:

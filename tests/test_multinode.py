@@ -2,10 +2,10 @@
 
 Two Ray nodes on this machine (a head and a second node with distinct ports and temp dirs;
 Ray allows several nodes on one IP), token authentication on, the dashboard on loopback,
-shards on a ``file://`` URI (the stand-in for S3/GCS) and results in a folder both nodes see. The sweep
+shards and results on a ``file://`` URI both nodes see (the stand-in for S3/GCS). The sweep
 is submitted with ``ray job submit --working-dir .`` and its one trial trains with two Train
-workers that must land on different nodes; then ``road-ray eval --experiment ... --best``
-evaluates what the sweep selected.
+workers that must land on different nodes; then ``road-ray report`` and ``road-ray eval
+--experiment ... --best`` read the experiment from its URI.
 
 This test starts its own cluster, so it cannot share a process with the session Ray of
 ``conftest.ray_session``: it is excluded from the default run (``-m "not multinode"`` in
@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,7 @@ NODE_CPUS = 2  # logical CPUs per node (4 on this 2-core machine: the work is ti
 # (0.1) and Ray Data's 0.5-CPU tasks.
 CPUS_PER_WORKER = 1.2
 START_ATTEMPTS = 3
+STOP_GRACE_S = 5.0
 
 
 def _free_port() -> int:
@@ -52,8 +54,9 @@ def _free_port() -> int:
 
 
 def _agent_ports() -> list[str]:
-    # Explicit agent ports: with port 0 the raylet waits only 15 s for the dashboard agent to
-    # write its port files, and a busy machine misses that window (the raylet then aborts).
+    """Free ports for a node's agents. Two nodes on one machine cannot both take the fixed
+    defaults (the dashboard agent's 52365), and a given port spares the raylet from waiting
+    for the agent to publish it (see ``_raylet_aborted``)."""
     return [
         f"--dashboard-agent-listen-port={_free_port()}",
         f"--dashboard-agent-grpc-port={_free_port()}",
@@ -93,9 +96,11 @@ class TwoNodeCluster:
         )  # fmt: skip
         self.env = env
         self.procs: list[subprocess.Popen] = []
+        self.logs: list = []
 
     def _start_node(self, args: list[str], log: str) -> None:
         out = open(self.base / log, "w")
+        self.logs.append(out)
         self.procs.append(
             subprocess.Popen([RAY, "start", "--block", *args], env=self.env, stdout=out,
                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -115,25 +120,30 @@ class TwoNodeCluster:
             *_agent_ports(), f"--temp-dir={self.base / 'worker'}", f"--object-store-memory={OBJECT_STORE_BYTES}",
         ], "worker.log")  # fmt: skip
 
-    def wait_for(self, resource: str, timeout: float = 150.0) -> None:
-        """Until ``ray status`` shows ``resource`` (a node's custom resource).
+    def wait_for(self, resource: str, log: str, timeout: float = 150.0) -> None:
+        """Until the node logging to ``log`` started and ``ray status`` shows its ``resource``.
 
         Raises NodeStartError when a raylet aborted during startup (see ``_raylet_aborted``).
+        The log is polled first: a ``ray status`` is a Python process that would compete with
+        the starting node for the two cores.
         """
         deadline = time.monotonic() + timeout
+        started = False
         while True:
             aborted = _raylet_aborted(self.base)
             if aborted:
                 raise NodeStartError(aborted)
-            for p, log in zip(self.procs, ("head.log", "worker.log")):
+            for p, name in zip(self.procs, ("head.log", "worker.log")):
                 if p.poll() is not None:
-                    raise NodeStartError(f"ray start exited ({p.returncode}):\n{self.tail(log)}")
-            r = self.run([RAY, "status", f"--address=127.0.0.1:{self.port}"], timeout=60, check=False)
-            if r.returncode == 0 and resource in r.stdout:
-                return
+                    raise NodeStartError(f"ray start exited ({p.returncode}):\n{self.tail(name)}")
+            started = started or "Ray runtime started." in self.tail(log, 100_000)
+            if started:
+                r = self.run([RAY, "status", f"--address=127.0.0.1:{self.port}"], timeout=60, check=False)
+                if r.returncode == 0 and resource in r.stdout:
+                    return
             if time.monotonic() > deadline:
-                raise NodeStartError(f"no {resource} after {timeout:.0f} s:\n{r.stdout}{r.stderr}\n{self.tail('head.log')}")
-            time.sleep(1.0)
+                raise NodeStartError(f"no {resource} after {timeout:.0f} s:\n{self.tail(log)}")
+            time.sleep(1.0 if started else 0.5)
 
     def run(self, cmd: list[str], timeout: float, check: bool = True, **kw) -> subprocess.CompletedProcess:
         r = subprocess.run(cmd, env=kw.pop("env", self.env), cwd=kw.pop("cwd", REPO), capture_output=True,
@@ -154,20 +164,29 @@ class TwoNodeCluster:
         return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
     def stop(self) -> None:
-        """Stop exactly this cluster: its process groups, then any process naming its temp dir."""
+        """Stop exactly this cluster: its process groups, then any process naming its temp dir.
+
+        SIGTERM first (Ray's processes shut down), SIGKILL after a few seconds: a graceful
+        stop of both nodes takes ~30 s here and nothing of this cluster needs to survive it.
+        """
         for p in reversed(self.procs):  # the second node first, then the head
             _signal_group(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
         for p in self.procs:
             try:
-                p.wait(timeout=20)
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(p.pid, signal.SIGKILL)
-                p.wait(timeout=10)
-        for pid in _pids_mentioning(str(self.base)):  # workers that left the group, if any
+                pass
+        for p in self.procs:
+            _signal_group(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+        for pid in _pids_mentioning(str(self.base)):  # anything that left the groups
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        for f in self.logs:
+            f.close()
 
 
 class NodeStartError(AssertionError):
@@ -177,8 +196,9 @@ class NodeStartError(AssertionError):
 def _raylet_aborted(base: Path) -> str | None:
     """The fatal line of a raylet that aborted during startup, if one did.
 
-    Ray 2.60's raylet gives its dashboard agent 15 s to write its port files and aborts if
-    the agent is late; on a loaded 2-core machine it sometimes is.
+    Ray 2.60's raylet gives its dashboard agent 15 s to publish its ports (a file per port in
+    the session dir) and aborts if the agent is late; on a loaded 2-core machine it sometimes
+    is (its imports take that long). The fixture then starts the cluster again.
     """
     for err in base.glob("*/session_*/logs/raylet.err"):
         text = err.read_text(errors="replace")
@@ -195,8 +215,10 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def _pids_mentioning(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (Linux; elsewhere none are found)."""
     pids = []
-    for entry in Path("/proc").iterdir():
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else []:
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
                 if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
@@ -218,9 +240,9 @@ def cluster():
             c = TwoNodeCluster(root / f"a{attempt}")
             try:
                 c.start_head()
-                c.wait_for("node_head")
+                c.wait_for("node_head", "head.log")
                 c.start_worker()
-                c.wait_for("node_worker")
+                c.wait_for("node_worker", "worker.log")
             except NodeStartError as e:
                 failures.append(str(e))
                 c.stop()
@@ -266,44 +288,52 @@ params:
 """
 
 
-def test_sweep_on_two_nodes(cluster: TwoNodeCluster):
+@dataclass
+class Sweep:
+    shards: str  # file:// URI of the MiniCity shards
+    experiment: str  # file:// URI of the finished sweep
+    output: str  # the job's output
+
+
+@pytest.fixture(scope="module")
+def sweep(cluster: TwoNodeCluster) -> Sweep:
+    """The shards on a URI, then one sweep submitted as a job; both as cluster/README.md does them."""
     from road_ray.data.minicity import write_minicity
     from road_ray.data.shards import count_rows, list_shard_files
 
-    timings = {}
     # Shards go to a file:// URI through pyarrow's file systems, as they would go to s3://.
-    t0 = time.monotonic()
     shards = f"file://{cluster.base}/bucket/minicity"
     write_minicity(shards, size="small", num_workers=1)
     files = list_shard_files(f"{shards}/source_train")
     assert files and all(f.startswith(f"{shards}/source_train/part-") for f in files)
     assert count_rows(f"{shards}/target_val") > 0
-    timings["shards"] = time.monotonic() - t0
-
-    # Security defaults: the job server answers on loopback only, and only with the token.
-    ip = _routable_ip()
-    if ip is not None:
-        with pytest.raises(OSError):
-            socket.create_connection((ip, cluster.dashboard_port), timeout=3).close()
-    no_token = dict(cluster.env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.base / "missing"))
-    r = cluster.run([RAY, "job", "list", "--address", cluster.dashboard], timeout=60, check=False, env=no_token)
-    assert r.returncode != 0, "the job server accepted a client without the token"
 
     space = cluster.base / "two_nodes.yaml"
     space.write_text(_space(shards))
-    # Results on a folder both nodes see, as on a cluster with NFS. (Sweep results on an
-    # object-storage URI are covered by tests/test_object_storage.py.)
-    storage = str(cluster.base / "shared" / "sweeps")
-    t1 = time.monotonic()
+    # Results on a URI too (Tune's state, the reports, the Train checkpoints), as on s3://.
+    storage = f"file://{cluster.base}/bucket/sweeps"
     job = cluster.run(
         [RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", ".", "--",
          "python", "tune.py", "--space", str(space), "--storage", storage, "--name", "two-nodes"],
         timeout=480,
     )  # fmt: skip
-    timings["sweep job"] = time.monotonic() - t1
     assert "Best trial:" in job.stdout, job.stdout[-4000:]
+    return Sweep(shards, f"{storage}/two-nodes", job.stdout)
 
-    # Both nodes ran a Train worker of the trial (the State API keeps dead actors).
+
+def test_job_server_is_on_loopback_and_needs_the_token(cluster: TwoNodeCluster):
+    ip = _routable_ip()
+    if ip is not None:  # Ray's other ports listen on it; the dashboard/job server must not
+        with pytest.raises(OSError):
+            socket.create_connection((ip, cluster.dashboard_port), timeout=3).close()
+    no_token = dict(cluster.env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.base / "missing"))
+    r = cluster.run([RAY, "job", "list", "--address", cluster.dashboard], timeout=60, check=False, env=no_token)
+    assert r.returncode != 0, "the job server accepted a client without the token"
+    cluster.run([RAY, "job", "list", "--address", cluster.dashboard], timeout=60)  # with it: fine
+
+
+def test_the_trial_trains_on_both_nodes(cluster: TwoNodeCluster, sweep: Sweep):
+    # The State API keeps dead actors: the trial's two Train workers and the nodes they ran on.
     nodes = {n["node_id"]: n for n in cluster.state("nodes")}
     assert len(nodes) == 2
     head = next(i for i, n in nodes.items() if "node_head" in n["resources_total"])
@@ -312,15 +342,21 @@ def test_sweep_on_two_nodes(cluster: TwoNodeCluster):
     assert {w["node_id"] for w in workers} == set(nodes), f"Train workers on {[w['node_id'] for w in workers]}"
     assert head in {w["node_id"] for w in workers}
 
-    # The checkpoint the sweep selected, from the shared storage, evaluated without Ray.
-    out = cluster.base / "eval.json"
-    t2 = time.monotonic()
+
+def _eval(cluster: TwoNodeCluster, experiment: str, shards: str) -> dict:
+    out = cluster.base / f"eval-{time.monotonic_ns()}.json"
     cluster.run(
-        [ROAD_RAY, "eval", "--experiment", f"{storage}/two-nodes", "--best",
-         "--shards", f"{shards}/target_val", "--max-images", "2", "--json", str(out)],
+        [ROAD_RAY, "eval", "--experiment", experiment, "--best", "--shards", f"{shards}/target_val",
+         "--max-images", "2", "--json", str(out)],
         timeout=180,
     )  # fmt: skip
-    timings["eval"] = time.monotonic() - t2
-    scores = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_report_and_eval_best_of_the_sweep(cluster: TwoNodeCluster, sweep: Sweep):
+    """What cluster/README.md runs after a sweep, on the experiment's URI (without Ray)."""
+    report = cluster.base / "report"
+    cluster.run([ROAD_RAY, "report", "--experiment", sweep.experiment, "--out", str(report)], timeout=180)
+    assert (report / "report.md").is_file()
+    scores = _eval(cluster, sweep.experiment, sweep.shards)
     assert 0.0 <= scores["miou"] <= 100.0 and "road" in scores["iou"]
-    print("timings (s):", {k: round(v, 1) for k, v in timings.items()})

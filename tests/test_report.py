@@ -158,3 +158,14 @@ def test_a_restored_experiment_reads_the_newest_state(tmp_path):
     older.write_text(json.dumps({"trial_data": stale}))  # written last: Tune rewrites it after a restore
     states = {r["trial"]: r["state"] for r in read_experiment(path).table()}
     assert states["aaa00001"] == "complete"
+
+
+def test_an_experiment_on_object_storage_is_read_through_its_uri(tmp_path):
+    path = make_experiment(tmp_path)
+    record = json.loads((path / results.SWEEP_RECORD).read_text())
+    record["train_storage"] = f"file://{path / results.TRAIN_RUNS}"
+    (path / results.SWEEP_RECORD).write_text(json.dumps(record))
+    exp = read_experiment(f"file://{path}")  # staged locally, checkpoints left where they are
+    assert exp.path != path and not (exp.path / results.TRAIN_RUNS).exists()
+    assert {r["trial"]: r["state"] for r in exp.table()}["aaa00003"] == "stopped early (ASHA)"
+    assert Path(best_checkpoint(f"file://{path}")).name == "checkpoint_0000020"

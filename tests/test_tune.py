@@ -59,16 +59,7 @@ points_to_evaluate:
 
 
 @pytest.fixture(scope="module")
-def road_home(tmp_path_factory):
-    """MiniCity shards + the pretrained small backbone, built once (CI sets ROAD_RAY_HOME)."""
-    home = os.environ.get("ROAD_RAY_HOME") or str(tmp_path_factory.getbasetemp() / "road-ray-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROAD_RAY_HOME", home)
-        yield home
-
-
-@pytest.fixture(scope="module")
-def asha_sweep(ray_session, road_home, tmp_path_factory):
+def asha_sweep(ray_session, road_ray_home, tmp_path_factory):
     from road_ray.on_ray.tune import run_sweep
 
     tmp = tmp_path_factory.mktemp("asha")
@@ -77,7 +68,7 @@ def asha_sweep(ray_session, road_home, tmp_path_factory):
     return run_sweep(str(space), storage=str(tmp / "results"), name="asha", log=lambda *_: None)
 
 
-def test_asha_stops_a_trial_and_a_diverged_trial_is_marked(asha_sweep):
+def test_asha_stops_a_trial_and_a_diverged_trial_is_marked(asha_sweep, road_ray_home):
     exp = read_experiment(asha_sweep.experiment_dir)
     states = {t.params["road.mode"] + "@" + str(t.params["optim.lr"]): t for t in exp.trials}
     assert len(exp.trials) == 3
@@ -89,6 +80,9 @@ def test_asha_stops_a_trial_and_a_diverged_trial_is_marked(asha_sweep):
         assert all(r.get("miou") is not None and "target_entropy" in r for r in t.rows)
     assert asha_sweep.best_trial == nonadapt.trial_id  # loss/dist 0
     assert "stopped early (ASHA)" in asha_sweep.table and "diverged" in asha_sweep.table
+    # MiniCity and the pretrained backbone were resolved once, on the driver: trials get paths.
+    base = exp.record["base_config"]
+    assert Path(base["model"]["pretrained"]).is_file() and base["data"]["source"].startswith(road_ray_home)
     # Each trial's Train run is named after the trial id (a restored trial resumes it).
     runs = [p.name for p in (Path(asha_sweep.experiment_dir) / TRAIN_RUNS).iterdir()]
     assert {r.split("-", 1)[0] for r in runs} == {t.trial_id for t in exp.trials}
@@ -123,12 +117,12 @@ def test_bad_space_fails_before_any_trial(tmp_path):
     assert not any(tmp_path.glob("bad-*"))  # nothing was started
 
 
-def test_resume_after_the_driver_is_killed(ray_session, road_home, tmp_path):
+def test_resume_after_the_driver_is_killed(ray_session, road_ray_home, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(RESUME_SPACE)
     storage, exp_dir = tmp_path / "results", tmp_path / "results" / "resume"
     env = {
-        **os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "ROAD_RAY_HOME": road_home,
+        **os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "ROAD_RAY_HOME": road_ray_home,
         "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1",
         "TUNE_GLOBAL_CHECKPOINT_S": "1",  # save Tune's experiment state every second (default: >= 10 s)
     }  # fmt: skip

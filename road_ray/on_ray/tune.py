@@ -181,6 +181,7 @@ def start_ray() -> None:
     import ray.data
 
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_num_workers_soft_limit", "6")  # as road_ray.on_ray.train.init_ray
         port = _free_port()
         ray.init(
             include_dashboard=True, dashboard_port=port, log_to_driver=True,

@@ -41,7 +41,8 @@ COMPLETE, STOPPED = "complete", "stopped early (ASHA)"
 def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None, log=print) -> Path:
     """Write report.md, trials.csv and the PNG plots; returns the report's folder."""
     exp = read_experiment(experiment_dir)
-    out = Path(out_dir) if out_dir else exp.path / "report"
+    # Beside a local experiment; for one on object storage, in the current folder.
+    out = Path(out_dir) if out_dir else (Path(f"{exp.name}-report") if "://" in exp.uri else exp.path / "report")
     out.mkdir(parents=True, exist_ok=True)
     rows = exp.table()
     _write_csv(exp, rows, out / "trials.csv")
@@ -75,7 +76,7 @@ def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None, 
 
 
 def _markdown(exp: Experiment, plots: list[tuple[str, str]], notes: list[str]) -> str:
-    lines = [f"# Sweep {exp.path.name}", ""]
+    lines = [f"# Sweep {exp.name}", ""]
     space = exp.record.get("space_file")
     if space:
         lines += [f"Search space: `{space}`; metric `{exp.metric}` ({exp.mode}).", ""]
@@ -93,8 +94,8 @@ def _markdown(exp: Experiment, plots: list[tuple[str, str]], notes: list[str]) -
         lines += [f"**Best trial:** `{trial.trial_id}` — {exp.metric} {format_value(row.get(exp.metric), exp.metric)} "
                   f"at iteration {row.get('iter')} ({params})."]  # fmt: skip
         try:
-            lines += ["", f"**Best checkpoint:** `{best_checkpoint(exp.path)}`", "",
-                      f"Evaluate it: `road-ray eval --experiment {exp.path} --best`"]  # fmt: skip
+            lines += ["", f"**Best checkpoint:** `{best_checkpoint(exp.uri or exp.path)}`", "",
+                      f"Evaluate it: `road-ray eval --experiment {exp.uri or exp.path} --best`"]  # fmt: skip
         except ExperimentError as e:
             lines += ["", f"Best checkpoint: unavailable ({e})."]
     except ExperimentError as e:

@@ -20,6 +20,8 @@ import csv
 import json
 import math
 import os
+import posixpath
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,12 +99,17 @@ class Trial:
 
 @dataclass
 class Experiment:
-    path: Path
+    path: Path  # a local folder (an object-storage experiment is staged into a temporary one)
     trials: list[Trial]
     metric: str = "miou"
     mode: str = "max"
     searched_keys: list[str] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
+    uri: str = ""  # where the experiment lives (path or s3://, gs://, file:// URI)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.uri.rstrip("/")) or self.path.name
 
     def table(self) -> list[dict[str, Any]]:
         """One flat row per trial: id, searched values, metrics, iter, state, checkpoint.
@@ -136,8 +143,9 @@ class Experiment:
 
 
 def read_experiment(experiment_dir: str | Path) -> Experiment:
-    """All trials of a Tune experiment folder, with their reports and final state."""
-    path = Path(experiment_dir).expanduser()
+    """All trials of a Tune experiment folder (or URI), with their reports and final state."""
+    uri = str(experiment_dir)
+    path = _stage_locally(uri) if "://" in uri else Path(uri).expanduser()
     if not path.is_dir():
         raise ExperimentError(f"experiment folder {str(path)!r} does not exist")
     record = _read_json(path / SWEEP_RECORD) or {}
@@ -167,7 +175,31 @@ def read_experiment(experiment_dir: str | Path) -> Experiment:
         max_iters = params.get("optim.max_iters", base_max_iters)
         trials.append(Trial(trial_id, d, dict(params), status, rows, error, max_iters))
     searched = record.get("searched_keys") or sorted({k for t in trials for k in t.params})
-    return Experiment(path, trials, record.get("metric", "miou"), record.get("mode", "max"), list(searched), record)
+    return Experiment(path, trials, record.get("metric", "miou"), record.get("mode", "max"), list(searched), record, uri)
+
+
+def _stage_locally(uri: str) -> Path:
+    """Copy an object-storage experiment's state and results (not its checkpoints) to a temp folder."""
+    import pyarrow.fs as pafs
+
+    from road_ray.data.shards import open_fs
+
+    fs, root = open_fs(uri)
+    root = root.rstrip("/")
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except (FileNotFoundError, OSError) as e:
+        raise ExperimentError(f"experiment {uri!r} cannot be listed: {e}") from None
+    local = Path(tempfile.mkdtemp(prefix="road-ray-experiment-"))
+    for info in infos:
+        rel = posixpath.relpath(info.path, root)
+        if info.type != pafs.FileType.File or rel.startswith(TRAIN_RUNS + "/"):
+            continue
+        dest = local / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src:
+            dest.write_bytes(src.read())
+    return local
 
 
 def _trial_states(path: Path) -> dict[str, dict[str, Any]]:
@@ -271,7 +303,7 @@ def best_trial(exp: Experiment, metric: str | None = None, mode: str | None = No
     mode = mode or (exp.mode if metric == exp.metric else _natural_mode(metric))
     scored = [(t, r) for t in exp.trials if (r := t.best_row(metric, mode)) is not None]
     if not scored:
-        raise ExperimentError(f"{exp.path}: no trial reported {metric!r} yet; nothing to select")
+        raise ExperimentError(f"{exp.uri or exp.path}: no trial reported {metric!r} yet; nothing to select")
     sign = 1 if mode == "max" else -1
     return max(scored, key=lambda tr: sign * _number(tr[1][metric]))  # type: ignore[operator]
 
@@ -295,14 +327,14 @@ def best_checkpoint(experiment_dir: str | Path, metric: str = "miou", mode: str 
             if value is not None and r.get("checkpoint_path"):
                 candidates.append((value if mode == "max" else -value, t, r))
     if not candidates:
-        raise ExperimentError(f"{exp.path}: no report with both {metric!r} and a checkpoint; nothing to evaluate")
+        raise ExperimentError(f"{exp.uri or exp.path}: no report with both {metric!r} and a checkpoint; nothing to evaluate")
     candidates.sort(key=lambda c: c[0], reverse=True)
     for _, _, r in candidates:
         found = locate_checkpoint(exp, r["checkpoint_path"])
         if found is not None:
             return found
     raise ExperimentError(
-        f"{exp.path}: the best checkpoints ({candidates[0][2]['checkpoint_path']}, ...) no longer exist; "
+        f"{exp.uri or exp.path}: the best checkpoints ({candidates[0][2]['checkpoint_path']}, ...) no longer exist; "
         "was the experiment moved without its train_runs/ folder?"
     )
 
@@ -311,8 +343,11 @@ def locate_checkpoint(exp: Experiment, checkpoint_path: str) -> str | None:
     """The checkpoint folder, also when the experiment was moved (rebased onto train_runs/)."""
     storage = str(exp.record.get("train_storage", ""))
     if "://" in storage and "://" not in checkpoint_path:
-        # Ray reports a file-system path; give the URI its scheme back (s3://, gs://).
-        return storage.split("://", 1)[0] + "://" + checkpoint_path.lstrip("/")
+        # Ray reports a file-system path; give the URI its scheme back (s3://, gs://, file://).
+        scheme = storage.split("://", 1)[0]
+        if scheme == "file":
+            return checkpoint_path if Path(checkpoint_path).is_dir() else None
+        return f"{scheme}://{checkpoint_path.lstrip('/')}"
     if "://" in checkpoint_path:
         return checkpoint_path
     if Path(checkpoint_path).is_dir():

@@ -1,0 +1,233 @@
+"""What the three ``road-ray bench`` commands share: dispatch, machine facts, timing, output.
+
+Speed is reported as ratios of variants measured side by side in one run (DESIGN §6): every
+measured variant runs once per *round*, in an order rotated from round to round, and a ratio
+is the median over the rounds of the per-round ratio. Machines here are shared and loaded, so
+an absolute time says little; a ratio of two things timed a second apart says a lot. The load
+average is recorded at every phase so a reader can judge how busy the machine was.
+
+No Ray here: ``import road_ray.bench`` must stay Ray-free (only ``bench/data.py`` and the
+Ray part of ``bench/step.py`` import it, inside functions).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BENCHES: dict[str, str] = {"step": "road_ray.bench.step", "data": "road_ray.bench.data", "eval": "road_ray.bench.eval"}
+
+
+def run_bench(what: str, json_path: str | None = None, **options: Any) -> dict[str, Any]:
+    """Run ``road-ray bench {step|data|eval}``; print its table, write ``json_path``; return the result.
+
+    ``options`` are the bench's keyword arguments (``network``, ``crop``, ``batch``, ``repeats``,
+    ``smoke``, ...; see each module's ``bench``); ``None`` means "the default". An option the
+    bench does not take is a ValueError naming it.
+    """
+    if what not in BENCHES:
+        raise ValueError(f"unknown bench {what!r}; expected one of {', '.join(BENCHES)}")
+    module = importlib.import_module(BENCHES[what])
+    options = {k: v for k, v in options.items() if v is not None}
+    accepted = module.OPTIONS
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise ValueError(f"bench {what}: {flags} does not apply here; options of bench {what}: {', '.join(accepted)}")
+    progress = Progress(what)
+    result = module.bench(progress=progress, **options)
+    result = {"bench": what, **result, "machine": machine_info(result["settings"]["device"], progress)}
+    print(module.table(result))
+    if json_path:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_finite(result), indent=2, default=_json_default, allow_nan=False) + "\n")
+        progress(f"wrote {path}")
+    return result
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf (e.g. a share of a zero time) become null: JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------------------------
+# Progress and machine facts
+
+
+class Progress:
+    """One line per phase on stderr; keeps the 1-minute load average seen at every line."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.start = time.perf_counter()
+        self.load: list[float] = [os.getloadavg()[0]]
+
+    def __call__(self, message: str) -> None:
+        load = os.getloadavg()[0]
+        self.load.append(load)
+        elapsed = time.perf_counter() - self.start
+        print(f"[bench {self.name}] {elapsed:6.1f}s load {load:5.2f} | {message}", file=sys.stderr, flush=True)
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)  # no import: `bench eval` never loads Ray
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(device: str, progress: Progress) -> dict[str, Any]:
+    """Where the figures come from: platform, CPUs, versions, device, the load during the run."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "ray": _version("ray"),
+        "device": device,
+        "device_name": device_name(device),
+        "load_avg_start": progress.load[0],
+        "load_avg_end": os.getloadavg()[0],
+        "load_avg_mean": statistics.fmean(progress.load),
+        "load_avg_max": max(progress.load),
+        "wall_s": time.perf_counter() - progress.start,
+    }
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"``: the GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: expected auto, cpu or cuda[:N]")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"``: bf16 on GPU, fp32 on CPU (DESIGN §3)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"--precision {precision!r}: expected auto, fp32 or bf16")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def parse_network(network: str) -> tuple[str, str]:
+    """``"deeplabv2-small"`` -> ``("deeplabv2", "small")`` (arch, backbone)."""
+    from road_ray.config import Arch, Backbone
+
+    archs, backbones = Arch.__args__, Backbone.__args__
+    arch, _, backbone = network.partition("-")
+    if arch not in archs or backbone not in backbones:
+        choices = ", ".join(f"{a}-{b}" for a in archs for b in backbones)
+        raise ValueError(f"--network {network!r}: expected ARCH-BACKBONE, one of {choices}")
+    return arch, backbone
+
+
+# ---------------------------------------------------------------------------------------
+# Timing
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall seconds of ``fn()``, with the device's queue drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved(
+    variants: dict[str, Callable[[], float]], rounds: int, progress: Progress | None = None, label: str = ""
+) -> dict[str, list[float]]:
+    """Run every variant once per round, in an order rotated by one each round; returns the
+    per-round measurements of each (a variant returns its own measurement, e.g. seconds)."""
+    names = list(variants)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            out[name].append(variants[name]())
+        if progress is not None:
+            progress(f"{label}round {r + 1}/{rounds}: " + ", ".join(f"{n} {out[n][-1]:.4g}" for n in names))
+    return out
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median over rounds of ``numerator[r] / denominator[r]`` (both measured in round r)."""
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError("paired_ratio: expected two equally long, non-empty series")
+    return median([a / b for a, b in zip(numerator, denominator)])
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """Median and spread of one series (seconds or rates)."""
+    ordered = sorted(values)
+    return {
+        "median": median(ordered),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "n": len(ordered),
+    }
+
+
+def format_table(title: str, rows: Sequence[tuple[str, str]]) -> str:
+    """A two-column text table: ``title`` and ``(name, value)`` rows."""
+    width = max(len(name) for name, _ in rows) if rows else 0
+    lines = [title, "-" * max(len(title), width + 16)]
+    lines += [f"{name.ljust(width)}  {value}" for name, value in rows]
+    return "\n".join(lines)
