@@ -104,7 +104,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke", action="store_true", default=None, help="toy sizes (MiniCity small, tiny crops, 1-2 rounds)")
     p.add_argument("--no-ray", dest="ray", action="store_false", default=None,
                    help="step: skip the Ray Train variant (no Ray started)")  # fmt: skip
-    p.add_argument("--ray-threads", type=int, help="step: torch threads of the Ray Train worker (default: as the bare loop)")
+    p.add_argument("--threads", type=int, help="torch threads of the measured process (step: and of the Ray worker)")
     p.add_argument("--peak-tflops", type=float, help="step: the device's peak TFLOP/s for MFU (default: a table by GPU name)")
     p.add_argument("--workers", type=int, help="data: CPU workers of Ray Data and of the DataLoader (default: all cores)")
     p.add_argument("--steps", type=int, help="data: timed batches per measurement")
@@ -171,7 +171,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from road_ray.bench import run_bench
 
     names = ("network", "crop", "batch", "precision", "device", "teacher_layer", "repeats", "warmup", "smoke", "ray",
-             "ray_threads", "peak_tflops", "workers", "steps", "images")  # fmt: skip
+             "threads", "peak_tflops", "workers", "steps", "images")  # fmt: skip
     run_bench(args.what, args.json, **{name: getattr(args, name) for name in names})
 
 

@@ -102,6 +102,8 @@ class DataConfig:
 class ROADConfig:
     """The ROAD objective, paper Eq. 5: L = L_seg + λ1·L_dist + λ2·L_spt."""
 
+    # "oracle": L_seg on *labelled target* images, the upper bound of a study; on MiniCity the
+    # source becomes target_train_labeled, elsewhere point data.source at labelled target shards.
     mode: Mode = "road"
     lambda_dist: float = 0.1  # λ1 (paper: 0.1)
     lambda_spt: float = 0.01  # λ2 (paper: 0.01)

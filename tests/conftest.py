@@ -12,11 +12,11 @@ def ray_session():
     """A local Ray instance for the whole test session (2 CPUs, a small object store)."""
     import ray
 
+    from road_ray.on_ray.train import init_ray
+
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    os.environ.setdefault("RAY_num_workers_soft_limit", "6")  # see road_ray.on_ray.train.init_ray
     # Leave CPUs for Ray Data: train workers use fractional CPUs in tests (ray-notes).
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=True, log_to_driver=False)
+    init_ray(num_cpus=2, object_store_memory=300 * 1024 * 1024, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -14,7 +14,8 @@ from road_ray.cli import main
 
 def run_cli(tmp_path, *argv: str) -> dict:
     out = tmp_path / "bench.json"
-    assert main(["bench", *argv, "--smoke", "--json", str(out)]) == 0
+    # one torch thread: two threads on a loaded 2-core machine spin at every barrier
+    assert main(["bench", *argv, "--smoke", "--threads", "1", "--json", str(out)]) == 0
     return json.loads(out.read_text())
 
 
@@ -63,9 +64,10 @@ def test_bench_step_smoke(ray_session, tmp_path):
     # FLOPs: the ROAD step does the plain step's work plus the teacher's forward and the classifiers
     assert f["gflop_per_call"]["road"] > f["gflop_per_call"]["plain"] > 0 and f["flop_ratio_road_over_plain"] > 1
     assert 0 < f["flop_shares_of_road_step"]["distillation"] < 1 and 0 < f["flop_shares_of_road_step"]["spatial_term"] < 1
-    assert f["peak_tflops"] == 1.5 and all(positive(f["mfu"][k]) and positive(f["tflops_achieved"][k]) for k in ("road", "plain"))
+    assert f["peak_tflops"] == 1.5
+    assert all(positive(f["mfu"][k]) and positive(f["tflops_achieved"][k]) for k in ("road", "plain"))
     assert isinstance(f["targets"]["road_over_plain_met"], bool) and isinstance(f["targets"]["ray_over_bare_met"], bool)
-    assert result["ray_worker"]["threads"] >= 1
+    assert result["ray_worker"]["threads"] == 1 and s["torch_threads"] == 1
 
 
 def test_bench_step_without_ray(tmp_path):
@@ -82,7 +84,8 @@ def test_bench_data_smoke(ray_session, road_ray_home, tmp_path):
     check_machine(result, "data")
     s, f = result["settings"], result["figures"]
     assert "small" in s["dataset"] and s["rows"] > 0 and s["workers"] >= 1
-    for key in ("ray_over_dataloader", "ray_data_crops_per_s", "dataloader_crops_per_s", "step_crops_per_s", "stream_over_step"):
+    for key in ("ray_over_dataloader", "ray_data_crops_per_s", "dataloader_crops_per_s", "step_crops_per_s",
+                "stream_over_step"):  # fmt: skip
         assert positive(f[key]), key
     for kind in ("png", "jpeg"):
         e = f["encodings"][kind]

@@ -166,3 +166,48 @@ def test_divergence_stops_with_a_clear_reason(tmp_path):
     # every checkpoint written before the divergence is whole
     for d in tmp_path.glob("checkpoint_*"):
         assert load_checkpoint(d)["iteration"] > 0
+
+
+class _FakeValShard:
+    """What CachedValidation reads: a Ray DataIterator's iter_batches, counting executions."""
+
+    def __init__(self, n: int, size: int = 8):
+        self.n, self.size, self.executions = n, size, 0
+
+    def iter_batches(self, **_):
+        self.executions += 1
+        for i in range(self.n):
+            yield {"image": np.full((1, 3, self.size, self.size), i, np.float32),
+                   "label": np.zeros((1, self.size, self.size), np.int64), "id": np.array([f"v{i}"])}  # fmt: skip
+
+
+def test_validation_images_are_kept_after_the_first_complete_pass():
+    from road_ray.on_ray.data import CachedValidation
+
+    shard = _FakeValShard(5)
+    val = CachedValidation(lambda: shard)
+    first = [b["id"][0] for b in val()]
+    assert first == [f"v{i}" for i in range(5)] and shard.executions == 1
+    assert [b["id"][0] for b in val()] == first and shard.executions == 1  # from memory
+    # A pass stopped early caches nothing; splits over the byte budget stream every time.
+    partial = CachedValidation(lambda: shard)
+    next(partial())
+    assert partial.cached is None
+    big = CachedValidation(lambda: shard, max_bytes=3 * 3 * 8 * 8 * 4)
+    assert len(list(big())) == 5 and len(list(big())) == 5 and big.cached is None and big.too_large
+
+
+def test_uint8_crops_are_normalized_on_the_device():
+    from road_ray.data.transforms import normalize
+    from road_ray.engine.loop import _to_device
+
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 6, 6, 3), dtype=np.uint8)
+    batch = {
+        "source_image": torch.from_numpy(np.ascontiguousarray(np.moveaxis(rgb, -1, -3))),
+        "source_label": torch.tensor([[[0, 255]]], dtype=torch.uint8),
+        "source_box": torch.zeros(2, 8),
+    }
+    out = _to_device(batch, torch.device("cpu"))
+    np.testing.assert_allclose(out["source_image"].numpy(), normalize(rgb), rtol=1e-6, atol=1e-6)
+    assert out["source_label"].dtype == torch.int64 and out["source_label"].tolist() == [[[0, 255]]]
+    assert out["source_box"] is batch["source_box"]

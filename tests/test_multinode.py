@@ -360,3 +360,22 @@ def test_report_and_eval_best_of_the_sweep(cluster: TwoNodeCluster, sweep: Sweep
     assert (report / "report.md").is_file()
     scores = _eval(cluster, sweep.experiment, sweep.shards)
     assert 0.0 <= scores["miou"] <= 100.0 and "road" in scores["iou"]
+
+
+def test_smoke_sweep_submitted_as_a_job_then_eval_best(cluster: TwoNodeCluster):
+    """The README's cluster path verbatim: ``ray job submit --working-dir . -- python tune.py --smoke``
+    (MiniCity and the small backbone prepared by the job's driver), then ``eval --best``."""
+    from road_ray.sweeps.results import best_checkpoint
+
+    storage = cluster.base / "smoke-results"
+    job = cluster.run(
+        [RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", ".", "--",
+         "python", "tune.py", "--smoke", "--storage", str(storage), "--name", "smoke"],
+        timeout=600,
+    )  # fmt: skip
+    assert "Best trial:" in job.stdout and f"road-ray eval --experiment {storage / 'smoke'} --best" in job.stdout
+    out = cluster.base / "smoke-eval.json"
+    cluster.run([ROAD_RAY, "eval", "--experiment", str(storage / "smoke"), "--best", "--max-images", "4",
+                 "--json", str(out)], timeout=180)  # fmt: skip
+    scores = json.loads(out.read_text())
+    assert scores["checkpoint"] == best_checkpoint(storage / "smoke") and 0.0 <= scores["miou"] <= 100.0

@@ -78,10 +78,10 @@ def check_step(batch: dict[str, torch.Tensor], cfg: DataConfig) -> None:
     bs, bt, c = cfg.batch_source, cfg.batch_target, cfg.crop_size
     assert set(batch) == {"source_image", "source_label", "source_box", "target_image", "target_box"}
     expected = {
-        "source_image": ((bs, 3, c, c), torch.float32),
-        "source_label": ((bs, c, c), torch.int64),
+        "source_image": ((bs, 3, c, c), torch.uint8),  # uint8 on the wire, normalized on the device
+        "source_label": ((bs, c, c), torch.uint8),
         "source_box": ((bs, B.BOX_SIZE), torch.float32),
-        "target_image": ((bt, 3, c, c), torch.float32),
+        "target_image": ((bt, 3, c, c), torch.uint8),
         "target_box": ((bt, B.BOX_SIZE), torch.float32),
     }
     for key, (shape, dtype) in expected.items():
@@ -89,7 +89,7 @@ def check_step(batch: dict[str, torch.Tensor], cfg: DataConfig) -> None:
     labels = batch["source_label"]
     assert bool(((labels >= 0) & (labels < 19) | (labels == 255)).all())
     for key in ("source_image", "target_image"):
-        assert bool(torch.isfinite(batch[key]).all()) and batch[key].abs().max() < 3.0  # normalized
+        assert int(batch[key].max()) > 0  # real pixels, not an empty buffer
     for key in ("source_box", "target_box"):
         boxes = batch[key]
         B.check_boxes(boxes)

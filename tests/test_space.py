@@ -222,6 +222,7 @@ def test_grid_form_errors():
     expect_error({**minimal(), "grid": {"run.seed": [0, 1]}}, "not both")
     expect_error({"grid": {"run.seed": [0, 1]}, "points_to_evaluate": [{"run.seed": 0}]}, "points_to_evaluate")
     expect_error({}, "nothing to search")
+    expect_error({"params": {"run.seed": {"fixed": 1}, "road.grid": "2x2"}}, "params: every parameter is fixed")
 
 
 def test_valid_space_is_typed_and_round_trips():

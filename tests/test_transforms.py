@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from road_ray.config import DataConfig
 from road_ray.data import boxes as B
@@ -17,6 +18,7 @@ from road_ray.data.transforms import (
     decode_label,
     denormalize,
     normalize,
+    normalize_tensor,
     random_scale_crop,
 )
 
@@ -163,8 +165,9 @@ def encoded_batch(n: int, labeled: bool = True) -> dict[str, np.ndarray]:
 def test_crop_batch_shapes_and_scale_range():
     cfg = DataConfig(crop_size=32, base_scale=0.5, scale_min=0.75, scale_max=1.25)
     out = CropBatch(cfg, seed=0, labeled=True)(encoded_batch(6))
-    assert out["image"].shape == (6, 3, 32, 32) and out["image"].dtype == np.float32
-    assert out["label"].shape == (6, 32, 32) and out["label"].dtype == np.int64
+    # uint8 through the object store; normalized on the device by the training loop
+    assert out["image"].shape == (6, 3, 32, 32) and out["image"].dtype == np.uint8 and out["image"].flags.c_contiguous
+    assert out["label"].shape == (6, 32, 32) and out["label"].dtype == np.uint8
     assert out["box"].shape == (6, 8) and out["box"].dtype == np.float32
     assert list(out["id"]) == [f"img{i:03d}" for i in range(6)]
     B.check_boxes(out["box"])
@@ -176,6 +179,16 @@ def test_crop_batch_shapes_and_scale_range():
         batch = encoded_batch(2)
         batch["label"][1] = None
         CropBatch(cfg, seed=0, labeled=True)(batch)
+
+
+def test_normalize_tensor_matches_normalize():
+    x = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    chw = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, -3)))
+    y = normalize_tensor(chw)
+    assert y.dtype == torch.float32 and y.shape == (2, 3, 5, 7)
+    np.testing.assert_allclose(y.numpy(), normalize(x), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="3, H, W"):
+        normalize_tensor(torch.zeros(2, 5, 7, 3, dtype=torch.uint8))
 
 
 def test_crop_batch_randomness_depends_on_seed_ids_and_nonce():

@@ -43,13 +43,12 @@ points_to_evaluate:
   - {road.mode: road, optim.lr: 1.0e+8}
 """
 
-# Two trials run to the end (no early stopping), 9 iterations, a checkpoint every 3.
+# Two trials run to the end (no early stopping): 6 iterations, a checkpoint every 3.
 RESUME_SPACE = """
 smoke: true
 num_samples: 2
 max_concurrent: 1
 scheduler: {type: fifo}
-fixed: {optim.max_iters: 9, run.eval_every: 3}
 params:
   road.lambda_dist: {loguniform: {low: 0.01, high: 1.0}}
 points_to_evaluate:
@@ -144,14 +143,14 @@ def test_resume_after_the_driver_is_killed(ray_session, road_ray_home, tmp_path)
 
     exp = read_experiment(exp_dir)
     trials = {t.trial_id: t for t in exp.trials}
-    assert len(trials) == 2 and all(t.state == "complete" and t.iter == 9 for t in exp.trials)
+    assert len(trials) == 2 and all(t.state == "complete" and t.iter == 6 for t in exp.trials)
     # The finished trial was not rerun: same reports, same checkpoints.
     assert (trials[done.trial_id].dir / "result.json").read_text() == done_rows
     assert sorted(p.name for p in (exp_dir / TRAIN_RUNS).glob(f"{done.trial_id}-*/checkpoint_*")) == done_checkpoints
     # The unfinished one continued its own Train run from its checkpoint (no restart at iteration 3).
     assert len(list((exp_dir / TRAIN_RUNS).glob(f"{running.trial_id}-*"))) == 1
     iters = [r["iter"] for r in trials[running.trial_id].rows]
-    assert iters == sorted(set(iters)) and iters[-1] == 9, iters
+    assert iters == sorted(set(iters)) and iters[-1] == 6, iters
     # The driver's summary: the table, the best checkpoint and the next command.
     assert "mIoU (oracle)" in resumed.stdout and "Best checkpoint" in resumed.stdout
     assert f"road-ray eval --experiment {exp_dir} --best" in resumed.stdout

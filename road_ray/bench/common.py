@@ -35,20 +35,30 @@ def run_bench(what: str, json_path: str | None = None, **options: Any) -> dict[s
 
     ``options`` are the bench's keyword arguments (``network``, ``crop``, ``batch``, ``repeats``,
     ``smoke``, ...; see each module's ``bench``); ``None`` means "the default". An option the
-    bench does not take is a ValueError naming it.
+    bench does not take is a ValueError naming it. ``threads``: torch's intra-op threads for the
+    run (restored afterwards); on a loaded machine fewer threads than cores time more steadily.
     """
     if what not in BENCHES:
         raise ValueError(f"unknown bench {what!r}; expected one of {', '.join(BENCHES)}")
     module = importlib.import_module(BENCHES[what])
     options = {k: v for k, v in options.items() if v is not None}
+    threads = options.pop("threads", None)
     accepted = module.OPTIONS
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise ValueError(f"bench {what}: {flags} does not apply here; options of bench {what}: {', '.join(accepted)}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads {threads}: expected >= 1")
+    saved_threads = torch.get_num_threads()
     progress = Progress(what)
-    result = module.bench(progress=progress, **options)
-    result = {"bench": what, **result, "machine": machine_info(result["settings"]["device"], progress)}
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)  # also the Ray Train worker's, in bench step
+        result = module.bench(progress=progress, **options)
+        result = {"bench": what, **result, "machine": machine_info(result["settings"]["device"], progress)}
+    finally:
+        torch.set_num_threads(saved_threads)
     print(module.table(result))
     if json_path:
         path = Path(json_path)
@@ -187,20 +197,10 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(
-    variants: dict[str, Callable[[], float]], rounds: int, progress: Progress | None = None, label: str = ""
-) -> dict[str, list[float]]:
-    """Run every variant once per round, in an order rotated by one each round; returns the
-    per-round measurements of each (a variant returns its own measurement, e.g. seconds)."""
-    names = list(variants)
-    out: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            out[name].append(variants[name]())
-        if progress is not None:
-            progress(f"{label}round {r + 1}/{rounds}: " + ", ".join(f"{n} {out[n][-1]:.4g}" for n in names))
-    return out
+def rotated(names: Sequence[str], r: int) -> list[str]:
+    """The order of round ``r``: ``names`` rotated by ``r``, so no variant always runs first."""
+    k = r % len(names)
+    return list(names[k:]) + list(names[:k])
 
 
 def median(values: Sequence[float]) -> float:

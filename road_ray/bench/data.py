@@ -5,7 +5,8 @@ On the MiniCity source-train shards (``ensure_minicity``; size "default", "small
 
 - ``png``: :func:`road_ray.on_ray.data.compare_with_dataloader` on the shards as prepared (PNG):
   crops/s of the Ray Data stream vs a PyTorch ``DataLoader`` with the same number of CPU
-  workers, the same transform and batch size;
+  workers, the same transform and batch size, over one epoch of batches by default (so each
+  window holds one epoch start, which Ray Data pays with a new execution);
 - ``jpeg``: the same on a JPEG (quality 95) copy of the shards, written to a temporary folder
   (what ``road-ray prepare --image-format jpeg`` would store);
 - ``transform``: the transform alone (``CropBatch``: decode, random scale, crop, flip,
@@ -28,15 +29,24 @@ from typing import Any
 
 import numpy as np
 
-from road_ray.bench.common import Progress, format_table, median, paired_ratio, resolve_device, resolve_precision, timed
+from road_ray.bench.common import (
+    Progress,
+    format_table,
+    median,
+    paired_ratio,
+    resolve_device,
+    resolve_precision,
+    rotated,
+    timed,
+)
 from road_ray.config import DataConfig
 
 OPTIONS = ("network", "crop", "batch", "precision", "device", "workers", "steps", "repeats", "warmup", "smoke", "seed")
 DEFAULTS: dict[str, Any] = {
     "network": "deeplabv2-small", "crop": 161, "batch": 5, "precision": "auto", "device": "auto",
-    "workers": None, "steps": 60, "repeats": 3, "warmup": 2, "seed": 0, "size": "default",
+    "workers": None, "steps": None, "repeats": 5, "warmup": 2, "seed": 0, "size": "default",
 }  # fmt: skip
-SMOKE: dict[str, Any] = {"crop": 32, "batch": 2, "steps": 4, "repeats": 1, "warmup": 1, "size": "small"}
+SMOKE: dict[str, Any] = {"crop": 32, "batch": 2, "repeats": 1, "warmup": 1, "size": "small"}
 TARGETS = {"ray_over_dataloader_min": 1.0, "stream_over_step_min": 1.5}
 JPEG_QUALITY = 95
 TRANSFORM_ROWS = 64  # rows per encoding held in memory for the transform-only measurement
@@ -87,13 +97,14 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     import ray
 
     from road_ray.bench.step import StepSetup, bench_config
+    from road_ray.data.shards import count_rows
     from road_ray.engine.resolve import ensure_minicity
     from road_ray.on_ray.data import compare_with_dataloader
     from road_ray.on_ray.train import init_ray
 
     o = {**DEFAULTS, **(SMOKE if options.get("smoke") else {}), **options}
     workers = int(o["workers"] or len(os.sched_getaffinity(0)))
-    if o["repeats"] < 1 or o["steps"] < 1 or workers < 1 or o["batch"] < 1:
+    if o["repeats"] < 1 or (o["steps"] is not None and o["steps"] < 1) or workers < 1 or o["batch"] < 1:
         raise ValueError("bench data: expected --repeats, --steps, --workers and --batch >= 1")
     device = resolve_device(o["device"])
     precision = resolve_precision(o["precision"], device)
@@ -101,6 +112,9 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
 
     minicity = ensure_minicity(o["size"], log=progress)
     png_path = str(minicity / "source_train")
+    # Default: one epoch of batches per measurement, so every window holds exactly one epoch start
+    # (Ray Data starts a new execution per epoch) wherever it falls.
+    steps = int(o["steps"] or max(1, count_rows(png_path) // o["batch"]))
     tmp = tempfile.mkdtemp(prefix="road-ray-bench-jpeg-")
     started_ray = not ray.is_initialized()
     try:
@@ -124,19 +138,17 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
                 step_s.append(median([timed(setup.road_step, device) for _ in range(3)]))
                 return
             path = png_path if kind == "png" else jpeg_path
-            compare[kind].append(compare_with_dataloader(path, data_cfg, num_workers=workers, steps=o["steps"]))
+            compare[kind].append(compare_with_dataloader(path, data_cfg, num_workers=workers, steps=steps))
             transform[kind].append(_transform_crops_per_s(in_memory[kind], data_cfg, o["seed"]))
 
-        kinds = ["png", "jpeg", "step"]
         for r in range(o["repeats"]):
-            k = r % len(kinds)
-            for kind in kinds[k:] + kinds[:k]:
+            for kind in rotated(["png", "jpeg", "step"], r):
                 measure(kind)
+            png, jpeg = compare["png"][-1], compare["jpeg"][-1]
             progress(
-                f"round {r + 1}/{o['repeats']}: Ray Data {compare['png'][-1]['ray_data']['crops_per_s']:.1f} crops/s, "
-                f"DataLoader {compare['png'][-1]['dataloader']['crops_per_s']:.1f} (png); JPEG "
-                f"{compare['jpeg'][-1]['ray_data']['crops_per_s']:.1f} / {compare['jpeg'][-1]['dataloader']['crops_per_s']:.1f}; "
-                f"step {2 * o['batch'] / step_s[-1]:.1f} crops/s"
+                f"round {r + 1}/{o['repeats']}: crops/s Ray Data / DataLoader: png {png['ray_data']['crops_per_s']:.1f} / "
+                f"{png['dataloader']['crops_per_s']:.1f}, jpeg {jpeg['ray_data']['crops_per_s']:.1f} / "
+                f"{jpeg['dataloader']['crops_per_s']:.1f}; the step consumes {2 * o['batch'] / step_s[-1]:.1f}"
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -148,7 +160,7 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     return {
         "settings": {
             "dataset": f"MiniCity {o['size']} source_train", "shards": png_path, "rows": sizes["rows"],
-            "crop": o["crop"], "batch_per_domain": o["batch"], "workers": workers, "steps": o["steps"],
+            "crop": o["crop"], "batch_per_domain": o["batch"], "workers": workers, "steps": steps,
             "repeats": o["repeats"], "network": o["network"], "device": str(device), "precision": precision,
             "smoke": bool(o.get("smoke")), "jpeg_quality": JPEG_QUALITY,
         },  # fmt: skip
@@ -214,7 +226,8 @@ def table(result: dict[str, Any]) -> str:
                      f"{e['ray_data_crops_per_s']:.1f} / {e['dataloader_crops_per_s']:.1f} / "
                      f"{e['transform_only_crops_per_s']:.1f}  ({e['image_bytes_per_row'] / 1024:.1f} KiB/image)"))  # fmt: skip
     j = f["jpeg_over_png"]
-    rows.append(("jpeg_over_png: Ray Data / DataLoader / transform", f"{j['ray_data']:.2f} / {j['dataloader']:.2f} / {j['transform_only']:.2f}"))
+    rows.append(("jpeg_over_png: Ray Data / DataLoader / transform",
+                 f"{j['ray_data']:.2f} / {j['dataloader']:.2f} / {j['transform_only']:.2f}"))  # fmt: skip
     title = (f"bench data: {s['dataset']} ({s['rows']} rows), crop {s['crop']}, batch {s['batch_per_domain']}, "
              f"{s['workers']} workers; load {m['load_avg_start']:.1f} -> {m['load_avg_end']:.1f}")  # fmt: skip
     return format_table(title, rows)

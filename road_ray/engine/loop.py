@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from road_ray.config import Config
+from road_ray.data.transforms import normalize_tensor
 from road_ray.engine.checkpoint import (
     load_checkpoint,
     load_student_state,
@@ -86,6 +87,8 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         # Crop boxes stay on the CPU: the splitting layer computes regions there (no host sync).
         if isinstance(v, torch.Tensor) and not k.endswith("_box"):
             v = v.to(device, non_blocking=True)
+            if v.dtype == torch.uint8:  # crops travel as uint8 (road_ray.data.transforms.CropBatch)
+                v = normalize_tensor(v) if k.endswith("image") else v.long()
             if v.ndim == 4 and device.type == "cuda":
                 v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v

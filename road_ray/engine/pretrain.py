@@ -122,9 +122,11 @@ def ensure_pretrained_small_backbone(minicity_dir: str, cache_dir: Path, setting
     path = cache_dir / f"small_backbone_{_cache_key(minicity_dir, settings)}.pt"
     if path.is_file():
         return path
-    with file_lock(cache_dir / ".pretrain.lock"):
+    with file_lock(path.with_suffix(".lock")):  # one lock per cached file: sizes do not wait for each other
         if not path.is_file():
             log(f"[pretrain] pretraining the small backbone on {minicity_dir}/pretrain (runs once; cached in {path})")
             info = pretrain_small_backbone(minicity_dir, path, settings, log=log)
-            log(f"[pretrain] done: val accuracy {info['val_accuracy']:.1%} on {info['classes']} classes")
+            toy = " (a toy-size set: the accuracy means nothing)" if info["images"] < 1000 else ""
+            log(f"[pretrain] done: val accuracy {info['val_accuracy']:.1%} on {info['classes']} classes, "
+                f"{info['images']} images{toy}")  # fmt: skip
     return path

@@ -48,6 +48,13 @@ def resolve_config(cfg: Config, log=print) -> Config:
         mc = str(ensure_minicity(cfg.data.minicity_size, log=log))
     d = cfg.data
     if mc is not None:
+        if cfg.road.mode == "oracle" and not d.source:
+            from road_ray.data.minicity import ORACLE_SPLIT
+
+            # The upper bound trains on the target's own labelled images (never read otherwise);
+            # source-val mIoU stays the synthetic domain's, for the table's proxy column.
+            d.source = join(mc, ORACLE_SPLIT)
+            d.source_val = d.source_val or join(mc, "source_val")
         d.source = d.source or join(mc, "source_train")
         d.target = d.target or join(mc, "target_train")
         d.target_val = d.target_val or join(mc, "target_val")

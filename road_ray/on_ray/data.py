@@ -31,7 +31,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Union
 
 import numpy as np
@@ -296,6 +296,37 @@ def iter_val_batches(it: Stream, device: str | torch.device = "cpu") -> Iterator
             "label": torch.from_numpy(np.array(batch["label"], dtype=np.int64)).to(device),
             "id": [str(i) for i in batch["id"]],
         }
+
+
+class CachedValidation:
+    """A worker's validation images, streamed on the first evaluation and kept in memory after
+    it when they fit in ``max_bytes``: later evaluations then skip a new Ray Data execution
+    (on a small machine that start-up, not the inference, dominated a 50-image evaluation).
+    The first pass fixes which rows this worker holds; together the workers hold the split.
+    Splits too large to keep (Cityscapes val is ~12 GB as float32) are streamed every time."""
+
+    def __init__(self, open_stream: Callable[[], Stream], max_bytes: int = 1 << 30):
+        self.open_stream = open_stream
+        self.max_bytes = max_bytes
+        self.cached: list[dict[str, Any]] | None = None
+        self.too_large = False
+
+    def __call__(self) -> Iterator[dict[str, Any]]:
+        if self.cached is not None:
+            yield from self.cached
+            return
+        kept: list[dict[str, Any]] | None = None if self.too_large else []
+        size = 0
+        for batch in iter_val_batches(self.open_stream()):
+            if kept is not None:
+                size += batch["image"].nbytes + batch["label"].nbytes
+                if size > self.max_bytes:
+                    kept, self.too_large = None, True
+                else:
+                    kept.append(batch)
+            yield batch
+        if kept is not None:  # a complete pass: evaluations that stop early cache nothing
+            self.cached = kept
 
 
 # ---------------------------------------------------------------------------------------

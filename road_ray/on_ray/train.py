@@ -30,7 +30,7 @@ from road_ray.config import SMOKE_OVERRIDES, Config, apply_overrides, config_fro
 from road_ray.engine.loop import LoopHooks, TrainingDiverged, train_loop
 from road_ray.data.shards import join, open_fs
 from road_ray.engine.resolve import check_shard_folders, resolve_config
-from road_ray.on_ray.data import iter_val_batches, mixed_domain_batches, train_stream, val_stream
+from road_ray.on_ray.data import CachedValidation, mixed_domain_batches, train_stream, val_stream
 from road_ray.paths import default_storage
 
 
@@ -67,12 +67,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         batch_source=cfg.data.batch_source, batch_target=cfg.data.batch_target,
         prefetch_batches=cfg.data.prefetch_batches, device="cpu",
     )  # fmt: skip
-    val_names = set(loop_config["val_splits"])
+    # Validation images stay in the worker's memory after the first evaluation when they fit.
+    val_splits = {
+        name: CachedValidation(lambda name=name: ray.train.get_dataset_shard(name)) for name in loop_config["val_splits"]
+    }
 
     def val_batches(name: str):
-        if name not in val_names:
-            raise KeyError(name)
-        return iter_val_batches(ray.train.get_dataset_shard(name))
+        return val_splits[name]()
 
     def all_reduce(t: torch.Tensor) -> None:
         torch.distributed.all_reduce(t)
@@ -242,8 +243,14 @@ def summarize(result: ray.train.Result, storage: str, name: str) -> dict[str, An
     }
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to ``RAY_ADDRESS`` when set (a job on a cluster), else start a local instance."""
+def init_ray(num_cpus: int | None = None, *, object_store_memory: int | None = None, log_to_driver: bool = True) -> None:
+    """Connect to ``RAY_ADDRESS`` when set (a job on a cluster), else start a local instance.
+
+    A local instance runs its dashboard and tells its workers where it is: Ray's State API,
+    which Train's placement-group cleaner uses when a run ends early (ASHA), otherwise finds
+    "the" local cluster by scanning processes and fails when another Ray instance runs on the
+    machine; the stopped run's placement group would then starve the next one (ray-notes).
+    """
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
@@ -252,8 +259,21 @@ def init_ray(num_cpus: int | None = None) -> None:
         # Fractional-CPU map tasks make Ray kill idle workers past the CPU count, so every
         # epoch would start fresh ones (re-importing pyarrow/cv2): keep a few more alive.
         os.environ.setdefault("RAY_num_workers_soft_limit", "6")
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
+        port = _free_port()
+        ray.init(
+            num_cpus=num_cpus, object_store_memory=object_store_memory, log_to_driver=log_to_driver,
+            include_dashboard=True, dashboard_port=port,
+            runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+        )  # fmt: skip
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_training(cfg: Config, storage: str | None = None, name: str | None = None, log=print,

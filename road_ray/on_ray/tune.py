@@ -45,7 +45,14 @@ from road_ray.engine.resolve import check_shard_folders, resolve_config
 from road_ray.on_ray.train import build_trainer, diverged_marker, init_ray, run_name, summarize
 from road_ray.paths import default_storage
 from road_ray.sweeps import results
-from road_ray.sweeps.space import SMOKE_SPACE, SearchSpace, SpaceError, load_space, space_from_dict
+from road_ray.sweeps.space import (
+    SMOKE_SPACE,
+    SearchSpace,
+    SpaceError,
+    apply_trial_params,
+    load_space,
+    space_from_dict,
+)
 
 TRIAL_CPUS = 0.1  # the trial function only waits on fit(); the workers get the cores
 PLACEHOLDER = "CHANGE-ME"  # shipped paper spaces point data.* at placeholder URIs
@@ -73,7 +80,7 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = trial_config(sweep["base_config"], params)
+    cfg = trial_config(sweep["base_config"], params, sweep["space"].get("points"))
     storage = sweep["train_storage"]
     name = train_run_name(trial_id, cfg)
     # A diverged run stays diverged: do not retrain it when the sweep is resumed.
@@ -87,10 +94,25 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
     summarize(trainer.fit(), storage, name)  # raises TrainingDiverged: the trial is marked ERROR
 
 
-def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
-    cfg = config_from_dict(base)
-    apply_overrides(cfg, {k: v for k, v in params.items() if "." in k})
-    return cfg.validate()
+def resolved_points(spec: SearchSpace, unresolved: Config, base: Config, log=print) -> dict[str, Any]:
+    """A study's points with the data paths their own settings resolve to (e.g. the oracle's
+    labelled target split), where those differ from the base's; ``{}`` without points."""
+    if not spec.points:
+        return {}
+    points = {}
+    for name, overrides in spec.points.items():
+        cfg = copy.deepcopy(unresolved)
+        apply_overrides(cfg, overrides)
+        own = resolve_config(cfg, log=log).data
+        paths = {f"data.{k}": getattr(own, k) for k in ("source", "target", "target_val", "source_val")
+                 if f"data.{k}" not in overrides and getattr(own, k) != getattr(base.data, k)}  # fmt: skip
+        points[name] = {**overrides, **paths}
+    return {"points": points}
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any], points: dict[str, Any] | None = None) -> Config:
+    """The base config + a study point's overrides (``params["point"]``) + the searched keys."""
+    return apply_trial_params(config_from_dict(base), params, points or {})
 
 
 def train_run_name(trial_id: str, cfg: Config) -> str:
@@ -141,12 +163,13 @@ def run_sweep(
             apply_overrides(base, SMOKE_OVERRIDES)  # a toy-size run of this space
             base.validate()
         _check_placeholders(base, spec.path)
-        base = resolve_config(base, log=log)  # MiniCity + small-backbone pretraining, once, here
+        unresolved, base = base, resolve_config(base, log=log)  # MiniCity + small-backbone pretraining, once, here
         check_shard_folders(base)
         sweep = {
-            "space": spec.to_dict(), "space_file": spec.path, "base_config": base.to_dict(),
+            "space": {**spec.to_dict(), **resolved_points(spec, unresolved, base, log)}, "space_file": spec.path, "base_config": base.to_dict(),
             "metric": spec.metric, "mode": spec.mode, "searched_keys": spec.searched_keys,
             "train_storage": join(experiment_dir, results.TRAIN_RUNS), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "created_unix": time.time(),
         }  # fmt: skip
 
     start_ray()
@@ -162,6 +185,7 @@ def run_sweep(
     else:
         concurrency = max_concurrent or spec.max_concurrent or auto_concurrency(config_from_dict(sweep["base_config"]))
         concurrency = min(concurrency, _trial_count(spec))
+        sweep["machine"] = provenance()
         _write_text(join(experiment_dir, results.SWEEP_RECORD), json.dumps(sweep, indent=2, default=str))
         log(f"[tune] {spec.path}: {_trial_count(spec)} trials, {concurrency} at a time, metric {spec.metric} ({spec.mode})"
             f" -> {experiment_dir}")  # fmt: skip
@@ -171,32 +195,34 @@ def run_sweep(
 
 
 def start_ray() -> None:
-    """Connect to RAY_ADDRESS (``ray job submit``), or start a local instance.
-
-    A local instance tells its workers where its dashboard is: Ray's State API, which Train's
-    placement-group cleaner uses when ASHA stops a trial, otherwise finds "the" local cluster
-    by scanning processes and fails when another Ray instance runs on the machine — and the
-    stopped trial's placement group would then starve the next trial (ray-notes).
-    """
+    """Connect to RAY_ADDRESS (``ray job submit``), or start a local instance (see ``init_ray``)."""
     import ray.data
 
-    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        os.environ.setdefault("RAY_num_workers_soft_limit", "6")  # as road_ray.on_ray.train.init_ray
-        port = _free_port()
-        ray.init(
-            include_dashboard=True, dashboard_port=port, log_to_driver=True,
-            runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
-        )  # fmt: skip
-    init_ray()  # connects when RAY_ADDRESS is set; a no-op when Ray is up
+    init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def _free_port() -> int:
-    import socket
+def provenance() -> dict[str, Any]:
+    """What a results page must say: the cluster's resources, versions, the code's commit."""
+    import platform
+    import subprocess
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    import torch
+
+    from road_ray.data.minicity import MINICITY_VERSION
+
+    resources = ray.cluster_resources()
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "cluster_cpus": resources.get("CPU", 0), "cluster_gpus": resources.get("GPU", 0),
+        "driver_platform": platform.platform(), "driver_cpus": os.cpu_count(), "torch": torch.__version__,
+        "ray": ray.__version__, "commit": commit, "minicity_version": MINICITY_VERSION,
+    }  # fmt: skip
 
 
 def build_tuner(
@@ -206,7 +232,7 @@ def build_tuner(
     storage_path, name = posixpath.split(experiment_dir.rstrip("/"))
     base = config_from_dict(sweep["base_config"])
     if spec.is_grid:
-        search_alg, param_space = None, {k: tune.grid_search(v) for k, v in spec.grid.items()}
+        search_alg, param_space = None, {k: tune.grid_search(v) for k, v in spec.full_grid.items()}
     else:
         search_alg, param_space = optuna_searcher(spec, name, optuna_storage), {}
     return tune.Tuner(

@@ -1,17 +1,21 @@
 """``road-ray report``: a sweep as a Markdown table and PNG plots (no Ray here).
 
 Written to ``OUT`` (default ``EXPERIMENT/report``): ``report.md`` (the table of trials, the
-best trial and its checkpoint), ``trials.csv``, and the plots a person would rather look at
+best trial and its checkpoint, the paper's point against the best, what the label-free
+proxies would have selected), ``trials.csv`` and ``trials.json``, and the plots a person would rather look at
 than read: mIoU vs λ1 and vs λ2 (log x), mIoU per partition grid, per teacher layer, and
 the parameters' importance (Optuna's evaluator, from >= 3 complete trials).
 
 Every plot shows the oracle target-val mIoU each trial reported last (what Optuna saw);
 trials ASHA stopped early are drawn hollow, since they were scored after fewer iterations.
+A *study* (named fixed points over seeds, ``points:`` in the space) is written in the paper's
+form instead: see :mod:`road_ray.sweeps.study`.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -27,10 +31,13 @@ from road_ray.sweeps.results import (  # noqa: E402
     best_checkpoint,
     best_trial,
     column_title,
+    display_path,
     format_table,
     format_value,
     read_experiment,
 )
+from road_ray.sweeps.selection import selection_markdown  # noqa: E402
+from road_ray.sweeps.study import is_study, wall_time, write_study  # noqa: E402
 
 MIN_TRIALS_FOR_IMPORTANCE = 3
 SCATTER_KEYS = ("road.lambda_dist", "road.lambda_spt")  # log-scaled x
@@ -46,9 +53,16 @@ def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     rows = exp.table()
     _write_csv(exp, rows, out / "trials.csv")
+    (out / "trials.json").write_text(json.dumps(rows, indent=2, default=str))  # the raw numbers
 
     plots: list[tuple[str, str]] = []  # (file, caption)
     notes: list[str] = []
+    if is_study(exp):
+        # Fixed points over seeds: the paper's tables and bar charts, not an Optuna analysis.
+        sections, plots = write_study(exp, out)
+        (out / "report.md").write_text(_markdown(exp, [], [], sections))
+        log(f"[report] wrote {out / 'report.md'} (study: {len(plots)} figures, study.json)")
+        return out
     scored = [r for r in rows if _num(r.get("miou")) is not None]
     for key in SCATTER_KEYS:
         if _varies(scored, key):
@@ -66,7 +80,7 @@ def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None, 
     else:
         notes.append(f"Parameter importance: {note}")
 
-    (out / "report.md").write_text(_markdown(exp, plots, notes))
+    (out / "report.md").write_text(_markdown(exp, plots, notes, selection_markdown(exp)))
     log(f"[report] wrote {out / 'report.md'} with {len(plots)} plots")
     return out
 
@@ -75,11 +89,12 @@ def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None, 
 # Markdown and CSV
 
 
-def _markdown(exp: Experiment, plots: list[tuple[str, str]], notes: list[str]) -> str:
+def _markdown(exp: Experiment, plots: list[tuple[str, str]], notes: list[str], sections: list[str]) -> str:
     lines = [f"# Sweep {exp.name}", ""]
     space = exp.record.get("space_file")
     if space:
-        lines += [f"Search space: `{space}`; metric `{exp.metric}` ({exp.mode}).", ""]
+        lines += [f"Search space: `{display_path(space)}`; metric `{exp.metric}` ({exp.mode}).", ""]
+    lines += _provenance(exp)
     lines += [
         "mIoU (oracle) is the target-val mIoU: it needs target labels, and is what papers report. "
         "Source-val mIoU and target entropy (lower = more confident) need none: a user without target "
@@ -89,23 +104,43 @@ def _markdown(exp: Experiment, plots: list[tuple[str, str]], notes: list[str]) -
         "",
     ]
     try:
+        if is_study(exp):
+            raise ExperimentError("a study compares fixed points: no best trial")  # its sections say it all
         trial, row = best_trial(exp)
         params = ", ".join(f"{column_title(k)} = {format_value(trial.params.get(k))}" for k in exp.searched_keys)
         lines += [f"**Best trial:** `{trial.trial_id}` — {exp.metric} {format_value(row.get(exp.metric), exp.metric)} "
                   f"at iteration {row.get('iter')} ({params})."]  # fmt: skip
         try:
-            lines += ["", f"**Best checkpoint:** `{best_checkpoint(exp.uri or exp.path)}`", "",
-                      f"Evaluate it: `road-ray eval --experiment {exp.uri or exp.path} --best`"]  # fmt: skip
+            lines += ["", f"**Best checkpoint:** `{display_path(best_checkpoint(exp.uri or exp.path))}`", "",
+                      f"Evaluate it: `road-ray eval --experiment {display_path(exp.uri or exp.path)} --best`"]  # fmt: skip
         except ExperimentError as e:
             lines += ["", f"Best checkpoint: unavailable ({e})."]
     except ExperimentError as e:
-        lines += [f"No best trial: {e}"]
+        lines += [] if is_study(exp) else [f"No best trial: {e}"]
     lines.append("")
+    lines += sections
     for file, caption in plots:
         lines += [f"## {caption}", "", f"![{caption}]({file})", ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def _provenance(exp: Experiment) -> list[str]:
+    """When, how long, on what, from which code: what a published result must say."""
+    m = exp.record.get("machine") or {}
+    seconds = wall_time(exp)
+    parts = []
+    if exp.record.get("created"):
+        parts.append(f"started {exp.record['created']}")
+    if seconds is not None:
+        parts.append(f"wall time {seconds / 60:.1f} min (start to last report)")
+    if m:
+        gpus = int(m.get("cluster_gpus") or 0)
+        parts.append(f"on {int(m.get('cluster_cpus') or 0)} CPUs" + (f" and {gpus} GPUs" if gpus else ", no GPU")
+                     + f" ({m.get('driver_platform')}), torch {m.get('torch')}, ray {m.get('ray')}, "
+                     f"road-ray commit {m.get('commit') or 'unknown'}, MiniCity v{m.get('minicity_version')}")  # fmt: skip
+    return [("Run: " + "; ".join(parts) + "."), ""] if parts else []
 
 
 def _write_csv(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:

@@ -43,6 +43,7 @@ PARAM_TITLES = {
     "road.grid": "grid",
     "model.teacher_layer": "teacher layer",
     "road.mode": "mode",
+    "point": "point",
     "run.seed": "seed",
 }
 
@@ -358,6 +359,18 @@ def locate_checkpoint(exp: Experiment, checkpoint_path: str) -> str | None:
         if moved.is_dir():
             return str(moved)
     return None
+
+
+def display_path(path: str | Path) -> str:
+    """A path as a shared report should show it: a shipped space as ``search_spaces/NAME.yaml``,
+    the home folder as ``~`` (never this machine's absolute layout)."""
+    text, home = str(path), str(Path.home())
+    p = Path(text)
+    if "://" not in text and p.parent.name == "search_spaces" and p.suffix == ".yaml":
+        return f"search_spaces/{p.name}"
+    if home != "/" and (text == home or text.startswith(home + "/")):
+        return "~" + text[len(home) :]
+    return text
 
 
 def _natural_mode(metric: str) -> str:

@@ -23,6 +23,22 @@ or, for ablations, an exhaustive ``grid:`` (every combination, no Optuna)::
 
     grid: {road.grid: [1x1, 2x1, 2x2, 3x3], run.seed: [0, 1, 2]}
 
+or a *study*: named fixed points (each a set of overrides), every one crossed with ``grid:``
+(usually the seeds), and how ``road-ray report`` presents them in the paper's form::
+
+    points:
+      nonadapt: {road.mode: nonadapt}
+      road:     {road.mode: road}
+      oracle:   {road.mode: oracle}
+    grid: {run.seed: [0, 1, 2]}
+    baseline: nonadapt          # the share of the baseline -> upper_bound gap each point closes
+    upper_bound: oracle
+    studies:
+      table1: {title: "Table 1", form: table, points: [nonadapt, road]}   # per-class IoU, mean ± std
+      fig6:   {title: "Fig. 6", form: bars, points: {3x3: road}}           # bars labelled 3x3
+
+The point's name is the trial's ``point`` parameter; a point shared by several studies runs once.
+
 Every mistake is a :class:`SpaceError` naming the file and the key, raised when the file is
 loaded — before Ray starts or any trial runs. Values are checked by applying them to a
 :class:`~road_ray.config.Config` (so the config's own rules — grid syntax, λ >= 0,
@@ -50,8 +66,10 @@ SMOKE_SPACE = "smoke"
 
 TOP_LEVEL_KEYS = (
     "description", "metric", "mode", "num_samples", "max_concurrent", "seed", "smoke",
-    "scheduler", "fixed", "params", "grid", "points_to_evaluate",
+    "scheduler", "fixed", "params", "grid", "points_to_evaluate", "points", "studies", "baseline", "upper_bound",
 )  # fmt: skip
+POINT_KEY = "point"  # the trial parameter naming a study's fixed point
+STUDY_FORMS = ("table", "bars")
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "fixed")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "max_t")
 SCHEDULERS = ("asha", "fifo")
@@ -117,6 +135,16 @@ class SchedulerSpec:
 
 
 @dataclass
+class Study:
+    """One of the paper's tables or figures: which points, labelled how, in which form."""
+
+    name: str
+    title: str
+    form: Literal["table", "bars"]
+    points: dict[str, str]  # label shown -> point name
+
+
+@dataclass
 class SearchSpace:
     path: str
     description: str = ""
@@ -131,15 +159,24 @@ class SearchSpace:
     params: dict[str, Param] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    points: dict[str, dict[str, Any]] = field(default_factory=dict)  # study: name -> overrides
+    studies: dict[str, Study] = field(default_factory=dict)
+    baseline: str | None = None
+    upper_bound: str | None = None
 
     @property
     def is_grid(self) -> bool:
-        """An exhaustive grid (ablation) instead of an Optuna search."""
-        return bool(self.grid)
+        """An exhaustive grid (ablation or study) instead of an Optuna search."""
+        return bool(self.grid) or bool(self.points)
+
+    @property
+    def full_grid(self) -> dict[str, list[Any]]:
+        """What Tune's grid_search expands: the study's point names first, then ``grid:``."""
+        return {POINT_KEY: list(self.points), **self.grid} if self.points else dict(self.grid)
 
     @property
     def searched_keys(self) -> list[str]:
-        return list(self.grid) if self.is_grid else list(self.params)
+        return list(self.full_grid) if self.is_grid else list(self.params)
 
     def base_config(self, base: Config | None = None) -> Config:
         """The config every trial starts from: defaults (or ``base``), smoke sizes, ``fixed``."""
@@ -151,20 +188,21 @@ class SearchSpace:
         return cfg
 
     def trial_config(self, base: Config, params: dict[str, Any]) -> Config:
-        """``base`` with one trial's searched values applied (keys are dotted config keys)."""
+        """``base`` with one trial's searched values applied (keys are dotted config keys;
+        ``point``: a study point's overrides, applied first)."""
         cfg = copy.deepcopy(base)
-        apply_overrides(cfg, {k: v for k, v in params.items() if k in self.searched_keys})
-        _validate(cfg)
-        return cfg
+        return apply_trial_params(cfg, params, self.points, self.searched_keys)
 
     def grid_points(self) -> list[dict[str, Any]]:
-        """Every combination of the ``grid:`` values (what tune.grid_search expands to)."""
-        keys = list(self.grid)
-        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.grid[k] for k in keys))]
+        """Every combination of the grid's values (what tune.grid_search expands to)."""
+        grid = self.full_grid
+        keys = list(grid)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
     def max_iters(self, base: Config) -> int:
         """The largest ``optim.max_iters`` any trial can have (for ASHA's max_t); ``base`` is final."""
         its = [base.optim.max_iters, *self.grid.get("optim.max_iters", [])]
+        its += [p["optim.max_iters"] for p in self.points.values() if "optim.max_iters" in p]
         param = self.params.get("optim.max_iters")
         if param is not None:
             its.append(max(param.values) if param.kind == "choice" else param.high)
@@ -180,7 +218,13 @@ class SearchSpace:
             "fixed": dict(self.fixed),
         }  # fmt: skip
         if self.is_grid:
-            out["grid"] = {k: list(v) for k, v in self.grid.items()}
+            if self.grid:
+                out["grid"] = {k: list(v) for k, v in self.grid.items()}
+            if self.points:
+                out["points"] = {name: dict(p) for name, p in self.points.items()}
+                out["studies"] = {s.name: {"title": s.title, "form": s.form, "points": dict(s.points)}
+                                  for s in self.studies.values()}  # fmt: skip
+                out.update({k: v for k, v in (("baseline", self.baseline), ("upper_bound", self.upper_bound)) if v})
         else:
             out["params"] = {k: p.to_dict() for k, p in self.params.items()}
             out["points_to_evaluate"] = [dict(p) for p in self.points_to_evaluate]
@@ -227,7 +271,7 @@ def space_from_dict(data: Any, path: str = "<space>", base: Config | None = None
     space.description = str(data.get("description", "") or "")
     space.smoke = v.boolean("smoke", data.get("smoke", False))
     space.seed = v.integer("seed", data.get("seed", 0), minimum=0)
-    space.num_samples = v.integer("num_samples", data.get("num_samples", 1 if "grid" in data else 8), minimum=1)
+    space.num_samples = v.integer("num_samples", data.get("num_samples", 1 if "grid" in data or "points" in data else 8), minimum=1)
     space.max_concurrent = v.max_concurrent(data.get("max_concurrent", "auto"))
     space.metric, space.mode = v.metric(data.get("metric", "miou"), data.get("mode"))
     space.fixed = v.fixed(data.get("fixed") or {}, smoke=space.smoke)
@@ -236,11 +280,23 @@ def space_from_dict(data: Any, path: str = "<space>", base: Config | None = None
         raise SpaceError(f"{path}: give either params: (an Optuna search) or grid: (every combination), not both")
     space.params = v.params(data.get("params") or {}, base_cfg, space)
     base_cfg = space.base_config(base)  # params may have added fixed values
+    if "params" in data and "points" in data:
+        raise SpaceError(f"{path}: give either params: (an Optuna search) or points: (a study's fixed points), not both")
+    space.points = v.study_points(data["points"], base_cfg) if "points" in data else {}
     space.grid = v.grid(data.get("grid"), base_cfg, space) if "grid" in data else {}
-    if space.grid and data.get("points_to_evaluate"):
-        raise SpaceError(f"{path}: points_to_evaluate: not used with grid: (every combination is evaluated)")
-    if not space.params and not space.grid and "params" not in data:
-        raise SpaceError(f"{path}: nothing to search: give params: (Optuna) or grid: (every combination)")
+    if space.is_grid and data.get("points_to_evaluate"):
+        raise SpaceError(f"{path}: points_to_evaluate: not used with grid: or points: (every combination is evaluated)")
+    if not space.params and not space.is_grid:
+        if data.get("params"):
+            raise SpaceError(f"{path}: params: every parameter is fixed, so Optuna has nothing to search; "
+                             "move them to fixed: and give grid: {run.seed: [...]} to repeat a run")  # fmt: skip
+        raise SpaceError(f"{path}: nothing to search: give params: (Optuna), grid: (every combination) or points:")
+    for key in ("studies", "baseline", "upper_bound"):
+        if key in data and not space.points:
+            raise SpaceError(f"{path}: {key}: only used with points: (a study's named fixed points)")
+    space.studies = v.studies(data.get("studies") or {}, space.points)
+    space.baseline = v.point_name("baseline", data.get("baseline"), space.points)
+    space.upper_bound = v.point_name("upper_bound", data.get("upper_bound"), space.points)
     space.points_to_evaluate = v.points(data.get("points_to_evaluate") or [], base_cfg, space)
     default_scheduler = "fifo" if space.grid else "asha"
     space.scheduler = v.scheduler(data.get("scheduler") or {}, default_scheduler)
@@ -398,12 +454,66 @@ class _Validator:
             self.check_value(where, key, value, base)
         return Param(key, kind, low=low, high=high)  # type: ignore[arg-type]
 
+    def study_points(self, data: Any, base: Config) -> dict[str, dict[str, Any]]:
+        if not isinstance(data, dict) or not data:
+            self.fail("points", f"expected a mapping of point names to overrides, got {data!r}")
+        out: dict[str, dict[str, Any]] = {}
+        for name, overrides in data.items():
+            where = f"points.{name}"
+            if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+                self.fail(where, "a point's name: letters, digits, _ and - only")
+            if not isinstance(overrides, dict):
+                self.fail(where, f"expected a mapping of config keys to values, got {overrides!r}")
+            for key, value in overrides.items():
+                self.config_key(where, key)
+                if isinstance(value, (dict, list)):
+                    self.fail(f"{where}.{key}", f"expected a single value, got {value!r}")
+            cfg = copy.deepcopy(base)
+            try:
+                apply_overrides(cfg, dict(overrides))
+                _validate(cfg)
+            except ConfigError as e:
+                self.fail(where, f"rejected by the config: {e}")
+            out[name] = dict(overrides)
+        return out
+
+    def point_name(self, where: str, name: Any, points: dict[str, dict[str, Any]]) -> str | None:
+        if name is None:
+            return None
+        if name not in points:
+            self.fail(where, f"{name!r} is not one of the points: {', '.join(points)}")
+        return str(name)
+
+    def studies(self, data: Any, points: dict[str, dict[str, Any]]) -> dict[str, Study]:
+        if not isinstance(data, dict):
+            self.fail("studies", f"expected a mapping of study names to {{title, form, points}}, got {data!r}")
+        out = {}
+        for name, spec in data.items():
+            where = f"studies.{name}"
+            if not isinstance(spec, dict) or set(spec) - {"title", "form", "points"} or "points" not in spec:
+                self.fail(where, f"expected {{title: ..., form: table|bars, points: [...] or {{label: point}}}}, got {spec!r}")
+            form = spec.get("form", "bars")
+            if form not in STUDY_FORMS:
+                self.fail(f"{where}.form", f"expected one of {', '.join(STUDY_FORMS)}, got {form!r}")
+            members = spec["points"]
+            if isinstance(members, list):
+                members = {str(p): p for p in members}
+            if not isinstance(members, dict) or not members:
+                self.fail(f"{where}.points", f"expected a list of point names or {{label: point}}, got {members!r}")
+            for label, point in members.items():
+                self.point_name(f"{where}.points.{label}", point, points)
+            out[str(name)] = Study(str(name), str(spec.get("title", name)), form, {str(k): str(v) for k, v in members.items()})
+        return out
+
     def grid(self, data: Any, base: Config, space: SearchSpace) -> dict[str, list[Any]]:
         if not isinstance(data, dict) or not data:
             self.fail("grid", f"expected a mapping of config keys to lists of values, got {data!r}")
         out = {}
         for key, values in data.items():
             self.config_key("grid", key)
+            for point, overrides in space.points.items():
+                if key in overrides:
+                    self.fail(f"grid.{key}", f"also set by point {point!r}; a key is either in grid: or in the points")
             where = f"grid.{key}"
             if not isinstance(values, list) or not values:
                 self.fail(where, f"expected a non-empty list of values, got {values!r}")
@@ -455,6 +565,22 @@ class _Validator:
         if max_t is not None:
             max_t = self.integer("scheduler.max_t", max_t, minimum=2)
         return SchedulerSpec(type=kind, grace_period=grace, reduction_factor=float(rf), max_t=max_t)
+
+
+def apply_trial_params(
+    cfg: Config, params: dict[str, Any], points: dict[str, dict[str, Any]], keys: typing.Iterable[str] | None = None
+) -> Config:
+    """Apply one trial's parameters to ``cfg`` in place: a study ``point``'s overrides first, then
+    the dotted config keys (only ``keys`` when given); validated."""
+    if POINT_KEY in params:
+        name = params[POINT_KEY]
+        if name not in points:
+            raise ConfigError(f"point: {name!r} is not one of the sweep's points ({', '.join(points) or 'none'})")
+        apply_overrides(cfg, points[name])
+    wanted = set(keys) if keys is not None else None
+    apply_overrides(cfg, {k: v for k, v in params.items() if "." in k and (wanted is None or k in wanted)})
+    _validate(cfg)
+    return cfg
 
 
 def _validate(cfg: Config) -> None:
