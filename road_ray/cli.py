@@ -75,7 +75,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="sweep table + plots", description="Turn a sweep experiment into a Markdown table and PNG plots.")
+    p = sub.add_parser(
+        "report", help="sweep table + plots",
+        description="Turn a sweep experiment into a Markdown table and PNG plots: for an Optuna sweep, mIoU vs "
+        "each parameter, parameter importance, the paper's point vs the best, what the label-free proxies would "
+        "select; for a study (points: in the space), the paper's per-class table and bar charts over seeds.",
+    )  # fmt: skip
     p.add_argument("--experiment", required=True, help="the sweep experiment directory")
     p.add_argument("--out", help="output folder (default: EXPERIMENT/report)")
     p.set_defaults(run=cmd_report)

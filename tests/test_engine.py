@@ -211,3 +211,17 @@ def test_uint8_crops_are_normalized_on_the_device():
     np.testing.assert_allclose(out["source_image"].numpy(), normalize(rgb), rtol=1e-6, atol=1e-6)
     assert out["source_label"].dtype == torch.int64 and out["source_label"].tolist() == [[[0, 255]]]
     assert out["source_box"] is batch["source_box"]
+
+
+def test_a_checkpoint_uri_is_fetched_before_loading(tmp_path):
+    from road_ray.engine.checkpoint import local_checkpoint
+
+    ckpt = tmp_path / "run" / "checkpoint_0000003"
+    ckpt.mkdir(parents=True)
+    (ckpt / "checkpoint.pt").write_bytes(b"weights")
+    (ckpt / "meta.json").write_text("{}")
+    assert local_checkpoint(str(ckpt)) == str(ckpt)  # a path stays a path
+    local = Path(local_checkpoint(f"file://{ckpt}"))
+    assert local != ckpt and (local / "checkpoint.pt").read_bytes() == b"weights" and (local / "meta.json").is_file()
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        local_checkpoint(f"file://{tmp_path}/missing")

@@ -58,11 +58,12 @@ def test_train_and_eval_on_uri_storage(bucket, ray_session, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
-    run_dir = bucket.removeprefix("file://") + "/runs/uri-smoke"
+    run_dir = bucket + "/runs/uri-smoke"
     assert summary["iter"] == 2 and summary["miou"] is not None
-    # Ray reports checkpoints as paths of the storage's file system (no scheme).
+    # Ray reports checkpoints as paths of the storage's file system; the summary gives them
+    # back the storage's scheme, so they can be passed on as they are (on s3:// too).
     assert summary["checkpoint"] and summary["checkpoint"].startswith(run_dir), summary
-    assert Path(summary["checkpoint"], "checkpoint.pt").is_file()
+    assert Path(summary["checkpoint"].removeprefix("file://"), "checkpoint.pt").is_file()
 
     scores_file = tmp_path / "eval.json"
     code = main(["eval", "--checkpoint", summary["checkpoint"], "--shards", f"{shards}/target_val",

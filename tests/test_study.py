@@ -160,6 +160,8 @@ def test_proxies_against_the_oracle_and_the_paper_point(tmp_path):
     assert agreement["source_val_miou"]["oracle_rank"] in (1, 2, 3)
     # target entropy 1/#evaluations: lowest for a three-evaluation trial; the stopped one is never picked
     assert agreement["target_entropy"]["trial"] != "aaa00003"
+    # among the trials run to the end (aaa00003 was stopped early by ASHA)
+    assert proxy_agreement(exp, complete_only=True)["trials"] == 3
     pp = paper_point(exp)
     assert pp["trial"] == "aaa00001" and pp["miou"] == 27.0 and pp["best_trial"] == "aaa00002" and pp["gain"] == 3.0
     md = (write_report(exp_dir, tmp_path / "r", log=lambda *_: None) / "report.md").read_text()

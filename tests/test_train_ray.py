@@ -71,6 +71,9 @@ def test_cli_smoke_then_eval(road_ray_home, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["iter"] == SMOKE_OVERRIDES["optim.max_iters"] and summary["checkpoint"]
+    # one progress line per evaluation, shown once (Ray Train's print patch used to double them)
+    evals = [line for line in (run.stdout + run.stderr).splitlines() if "[eval] iter" in line]
+    assert len(evals) == 2 and len(set(evals)) == 2, evals
     out = tmp_path / "scores.json"
     ev = subprocess.run(
         [sys.executable, "-m", "road_ray.cli", "eval", "--checkpoint", summary["checkpoint"], "--json", str(out),

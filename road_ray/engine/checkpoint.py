@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,21 @@ def load_student_state(student: torch.nn.Module, state: dict[str, torch.Tensor],
             f"checkpoint {source!r} is from another model: missing {result.missing_keys[:3]}, "
             f"unexpected {result.unexpected_keys[:3]}"
         )
+
+
+def local_checkpoint(directory: str | Path) -> str:
+    """A checkpoint folder readable here: a URI (``s3://``, ``gs://``, ``file://``) is copied
+    into a temporary folder first; a plain path is returned as it is."""
+    text = str(directory)
+    if "://" not in text:
+        return text
+    import pyarrow.fs as pafs
+
+    from road_ray.data.shards import open_fs
+
+    fs, path = open_fs(text)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"checkpoint {text}: no such folder")
+    local = tempfile.mkdtemp(prefix="road-ray-checkpoint-")
+    pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return local

@@ -22,7 +22,7 @@ from PIL import Image
 
 from road_ray.data.shards import iter_rows, join
 from road_ray.data.transforms import decode_image, decode_label, normalize
-from road_ray.engine.checkpoint import load_checkpoint, load_student_state, read_checkpoint_config
+from road_ray.engine.checkpoint import load_checkpoint, load_student_state, local_checkpoint, read_checkpoint_config
 from road_ray.engine.evaluate import EvalSettings, evaluate
 from road_ray.labels import CLASS_NAMES, colorize, get_label_space, trainid_to_cityscapes
 from road_ray.models import build_segmenter
@@ -130,7 +130,7 @@ def resolve_shards(args: argparse.Namespace, cfg: Any, tmp: str) -> str:
 
 def eval_from_cli(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = resolve_checkpoint(args)
-    model, cfg, iteration = load_model(checkpoint)
+    model, cfg, iteration = load_model(local_checkpoint(checkpoint))  # a URI is fetched first
     settings = EvalSettings(
         mode=args.mode or cfg.data.eval_mode, scale=args.scale or cfg.data.eval_scale,
         window=cfg.data.crop_size, max_images=args.max_images,

@@ -16,11 +16,15 @@ from torch import Tensor
 from road_ray.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, LabelSpace
 
 
-def confusion_matrix(pred: Tensor, label: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
+def confusion_matrix(
+    pred: Tensor, label: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX, *, check_range: bool = True
+) -> Tensor:
     """int64 ``[C, C]``: rows = ground truth, columns = prediction, on the tensors' device.
 
     Pixels labelled ``ignore_index``, negative or ``>= num_classes`` are left out. A
-    prediction outside ``[0, num_classes)`` on a counted pixel is a ValueError.
+    prediction outside ``[0, num_classes)`` on a counted pixel is a ValueError; that check
+    reads a value back to the host, so ``check_range=False`` skips it for predictions that
+    are in range by construction (an argmax over the classes), keeping evaluation sync-free.
     """
     if pred.shape != label.shape:
         raise ValueError(
@@ -30,7 +34,7 @@ def confusion_matrix(pred: Tensor, label: Tensor, num_classes: int, ignore_index
     pred = pred.reshape(-1).long()
     label = label.reshape(-1).long().to(pred.device)
     valid = (label >= 0) & (label < n) & (label != ignore_index)
-    if bool((valid & ((pred < 0) | (pred >= n))).any()):
+    if check_range and bool((valid & ((pred < 0) | (pred >= n))).any()):
         raise ValueError(f"confusion_matrix: predictions must lie in [0, {n}), got values outside on labelled pixels")
     # Uncounted pixels go to an overflow bin n*n that is dropped: no boolean indexing needed.
     bins = torch.where(valid, label * n + pred, torch.full_like(label, n * n))
@@ -44,8 +48,10 @@ class ConfusionMatrix:
         self.num_classes = num_classes
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
-    def update(self, pred: Tensor, label: Tensor) -> None:
-        self.matrix += confusion_matrix(pred.to(self.matrix.device), label.to(self.matrix.device), self.num_classes)
+    def update(self, pred: Tensor, label: Tensor, *, check_range: bool = True) -> None:
+        self.matrix += confusion_matrix(
+            pred.to(self.matrix.device), label.to(self.matrix.device), self.num_classes, check_range=check_range
+        )
 
     def all_reduce(self, reduce_fn: Callable[[Tensor], Any]) -> None:
         """``reduce_fn(matrix)`` sums the matrix in place across workers, e.g. ``torch.distributed.all_reduce``."""

@@ -17,6 +17,7 @@ import math
 import os
 import posixpath
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,13 @@ def _ray_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     miou = metrics.get("miou")
     out["checkpoint_score"] = miou if miou is not None else -1.0
     return out
+
+
+def _worker_log(line: str) -> None:
+    """Progress lines of a Train worker, once: Ray Train patches ``print`` in its workers to
+    write both to the (wrapped) stdout and to its logger, so the driver showed every line twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -113,7 +121,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     hooks = LoopHooks(
         report=report, device=device, rank=rank, world_size=world_size, resume_dir=resume_dir,
-        wrap_module=_prepare_trainable, all_reduce=all_reduce if world_size > 1 else None,
+        wrap_module=_prepare_trainable, all_reduce=all_reduce if world_size > 1 else None, log=_worker_log,
     )  # fmt: skip
     try:
         train_loop(cfg, batches, val_batches, hooks)
@@ -225,11 +233,11 @@ def summarize(result: ray.train.Result, storage: str, name: str) -> dict[str, An
     if reason is not None:
         raise TrainingDiverged(reason)
     metrics = dict(result.metrics or {})
-    latest = result.checkpoint.path if result.checkpoint else None
+    latest = with_scheme(storage, result.checkpoint.path) if result.checkpoint else None
     best = None
     if result.best_checkpoints:
         best_ckpt, _ = max(result.best_checkpoints, key=lambda cm: cm[1].get("checkpoint_score", -1))
-        best = best_ckpt.path
+        best = with_scheme(storage, best_ckpt.path)
     miou = metrics.get("miou")
     return {
         "iter": int(metrics.get("iter", 0)),
@@ -241,6 +249,15 @@ def summarize(result: ray.train.Result, storage: str, name: str) -> dict[str, An
         "best_checkpoint": best,
         "run_dir": result.path,
     }
+
+
+def with_scheme(storage: str, path: str) -> str:
+    """Ray reports a checkpoint's path inside its file system ("bucket/run/checkpoint_..."):
+    on object storage give it back the storage's scheme, so it can be passed to ``eval``."""
+    if "://" in storage and "://" not in path:
+        scheme = storage.split("://", 1)[0]
+        return f"{scheme}://{path}" if scheme != "file" else f"file://{path}"
+    return path
 
 
 def init_ray(num_cpus: int | None = None, *, object_store_memory: int | None = None, log_to_driver: bool = True) -> None:

@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from road_ray.sweeps.results import (  # noqa: E402
+    TRAIN_RUNS,
     Experiment,
     ExperimentError,
     best_checkpoint,
@@ -52,8 +53,10 @@ def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None, 
     out = Path(out_dir) if out_dir else (Path(f"{exp.name}-report") if "://" in exp.uri else exp.path / "report")
     out.mkdir(parents=True, exist_ok=True)
     rows = exp.table()
-    _write_csv(exp, rows, out / "trials.csv")
-    (out / "trials.json").write_text(json.dumps(rows, indent=2, default=str))  # the raw numbers
+    # Checkpoints as paths inside the experiment (train_runs/...): the files travel with reports.
+    portable = [{**r, "checkpoint": _in_experiment(r.get("checkpoint"))} for r in rows]
+    _write_csv(exp, portable, out / "trials.csv")
+    (out / "trials.json").write_text(json.dumps(portable, indent=2, default=str))  # the raw numbers
 
     plots: list[tuple[str, str]] = []  # (file, caption)
     notes: list[str] = []
@@ -284,6 +287,13 @@ def parameter_importance(exp: Experiment) -> tuple[dict[str, float], str]:
 
 
 # ---------------------------------------------------------------------------------------
+
+
+def _in_experiment(checkpoint: str | None) -> str | None:
+    marker = f"/{TRAIN_RUNS}/"
+    if checkpoint and marker in checkpoint:
+        return TRAIN_RUNS + "/" + checkpoint.split(marker, 1)[1]
+    return checkpoint
 
 
 def _num(v: Any) -> float | None:

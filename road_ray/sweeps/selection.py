@@ -23,13 +23,20 @@ def _last_eval(t: Trial) -> dict[str, Any] | None:
     return scored[-1] if scored else None
 
 
-def scored_trials(exp: Experiment) -> list[tuple[Trial, dict[str, Any]]]:
-    return [(t, row) for t in exp.trials if t.state != "diverged" and (row := _last_eval(t)) is not None]
+def scored_trials(exp: Experiment, complete_only: bool = False) -> list[tuple[Trial, dict[str, Any]]]:
+    return [
+        (t, row) for t in exp.trials
+        if t.state != "diverged" and (row := _last_eval(t)) is not None and (t.state == "complete" or not complete_only)
+    ]  # fmt: skip
 
 
-def proxy_agreement(exp: Experiment) -> dict[str, Any]:
-    """Which trial each criterion picks; the oracle mIoU of the pick, its oracle rank and regret."""
-    trials = scored_trials(exp)
+def proxy_agreement(exp: Experiment, complete_only: bool = False) -> dict[str, Any]:
+    """Which trial each criterion picks; the oracle mIoU of the pick, its oracle rank and regret.
+
+    ``complete_only``: among the trials that ran to the end (proxies such as the entropy are
+    only comparable at the same iteration: a less trained model can be less confident or more).
+    """
+    trials = scored_trials(exp, complete_only)
     if not trials:
         return {"trials": 0}
     ranked = sorted(trials, key=lambda tr: -tr[1]["miou"])
@@ -80,11 +87,18 @@ def selection_markdown(exp: Experiment) -> list[str]:
                   f"at iteration {pp['iter']} ({pp['state']}).",
                   f"- Best trial `{pp['best_trial']}` ({_params(pp['best_params'])}): **{pp['best_miou']:.2f}** at "
                   f"iteration {pp['best_iter']}: {pp['gain']:+.2f} points over the paper's point.", ""]  # fmt: skip
-    pa = proxy_agreement(exp)
-    if pa.get("trials"):
-        lines += ["## Selecting without target labels", "",
-                  f"Over the {pa['trials']} trials with an evaluation (each at its last one), the oracle picks "
-                  f"`{pa['oracle']['trial']}` (mIoU {pa['oracle']['miou']:.2f}).", "",
+    header = False
+    for complete_only, among in ((False, "all trials, each at its last evaluation"),
+                                 (True, "the trials that ran to the end")):  # fmt: skip
+        pa = proxy_agreement(exp, complete_only)
+        if not pa.get("trials"):
+            continue
+        if not header:
+            lines += ["## Selecting without target labels", "",
+                      "Which trial each label-free criterion would pick, against the oracle's pick.", ""]  # fmt: skip
+            header = True
+        lines += [f"Among {among} ({pa['trials']}): the oracle picks `{pa['oracle']['trial']}` "
+                  f"(mIoU {pa['oracle']['miou']:.2f}).", "",
                   "| criterion | picks | its mIoU (oracle) | oracle rank | same trial as the oracle | mIoU lost |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
         for proxy, mode in PROXIES.items():

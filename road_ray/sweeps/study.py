@@ -74,7 +74,8 @@ def study_results(exp: Experiment) -> dict[str, Any]:
                 "target_entropy": _num(row.get("target_entropy")), "iou": iou,
             })  # fmt: skip
         done = [r for r in runs if r.get("miou") is not None and (max_iters is None or r.get("iter") == max_iters)]
-        entry: dict[str, Any] = {"overrides": overrides, "runs": sorted(runs, key=lambda r: str(r["seed"])), "n": len(done)}
+        shown = {k: display_path(v) if isinstance(v, str) and "/" in v else v for k, v in overrides.items()}
+        entry: dict[str, Any] = {"overrides": shown, "runs": sorted(runs, key=lambda r: str(r["seed"])), "n": len(done)}
         entry["miou"] = mean_std([r["miou"] for r in done])
         for proxy in ("source_val_miou", "target_entropy"):
             entry[proxy] = mean_std([r[proxy] for r in done])
