@@ -255,8 +255,7 @@ def with_scheme(storage: str, path: str) -> str:
     """Ray reports a checkpoint's path inside its file system ("bucket/run/checkpoint_..."):
     on object storage give it back the storage's scheme, so it can be passed to ``eval``."""
     if "://" in storage and "://" not in path:
-        scheme = storage.split("://", 1)[0]
-        return f"{scheme}://{path}" if scheme != "file" else f"file://{path}"
+        return f"{storage.split('://', 1)[0]}://{path}"
     return path
 
 

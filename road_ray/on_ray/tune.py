@@ -163,10 +163,12 @@ def run_sweep(
             apply_overrides(base, SMOKE_OVERRIDES)  # a toy-size run of this space
             base.validate()
         _check_placeholders(base, spec.path)
-        unresolved, base = base, resolve_config(base, log=log)  # MiniCity + small-backbone pretraining, once, here
+        unresolved = base
+        base = resolve_config(base, log=log)  # MiniCity + small-backbone pretraining, once, here
         check_shard_folders(base)
+        space = {**spec.to_dict(), **resolved_points(spec, unresolved, base, log)}  # a study's own data paths
         sweep = {
-            "space": {**spec.to_dict(), **resolved_points(spec, unresolved, base, log)}, "space_file": spec.path, "base_config": base.to_dict(),
+            "space": space, "space_file": spec.path, "base_config": base.to_dict(),
             "metric": spec.metric, "mode": spec.mode, "searched_keys": spec.searched_keys,
             "train_storage": join(experiment_dir, results.TRAIN_RUNS), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "created_unix": time.time(),

@@ -35,6 +35,7 @@ from road_ray.sweeps.results import (  # noqa: E402
     display_path,
     format_table,
     format_value,
+    number,
     read_experiment,
 )
 from road_ray.sweeps.selection import selection_markdown  # noqa: E402
@@ -66,7 +67,7 @@ def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None, 
         (out / "report.md").write_text(_markdown(exp, [], [], sections))
         log(f"[report] wrote {out / 'report.md'} (study: {len(plots)} figures, study.json)")
         return out
-    scored = [r for r in rows if _num(r.get("miou")) is not None]
+    scored = [r for r in rows if number(r.get("miou")) is not None]
     for key in SCATTER_KEYS:
         if _varies(scored, key):
             plots.append((_scatter(scored, key, out), f"mIoU (oracle) vs {column_title(key)}"))
@@ -163,11 +164,11 @@ def _scatter(rows: list[dict[str, Any]], key: str, out: Path) -> str:
     for stopped, label, style in ((False, "trials", {"color": "C0"}),
                                   (True, "stopped early by ASHA", {"facecolors": "none", "edgecolors": "C0"})):
         pts = [(r[key], r["miou"]) for r in rows if (r["state"] == STOPPED) == stopped]
-        pts = [(x, y) for x, y in pts if _num(x) is not None and x > 0]
+        pts = [(x, y) for x, y in pts if number(x) is not None and x > 0]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=60, label=label, zorder=3, **style)
     best = max(rows, key=lambda r: r["miou"])
-    if _num(best.get(key)) is not None and best[key] > 0:
+    if number(best.get(key)) is not None and best[key] > 0:
         ax.annotate(f"best {best['miou']:.1f}", (best[key], best["miou"]), textcoords="offset points",
                     xytext=(6, 6), fontsize=9)  # fmt: skip
     if key == "road.lambda_dist":
@@ -250,7 +251,7 @@ def parameter_importance(exp: Experiment) -> tuple[dict[str, float], str]:
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
 
-    rows = [r for r in exp.table() if r["state"] in (COMPLETE, STOPPED) and _num(r.get(exp.metric)) is not None]
+    rows = [r for r in exp.table() if r["state"] in (COMPLETE, STOPPED) and number(r.get(exp.metric)) is not None]
     keys = [k for k in exp.searched_keys if len({repr(r.get(k)) for r in rows}) > 1]
     if len(rows) < MIN_TRIALS_FOR_IMPORTANCE:
         return {}, f"needs at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials, the sweep has {len(rows)}; skipped."
@@ -295,11 +296,6 @@ def _in_experiment(checkpoint: str | None) -> str | None:
         return TRAIN_RUNS + "/" + checkpoint.split(marker, 1)[1]
     return checkpoint
 
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-        return None
-    return float(v)
 
 
 def _varies(rows: list[dict[str, Any]], key: str) -> bool:

@@ -68,7 +68,7 @@ class Trial:
 
     @property
     def iter(self) -> int | None:
-        value = _number(self.last.get("iter"))
+        value = number(self.last.get("iter"))
         return None if value is None else int(value)
 
     @property
@@ -86,16 +86,21 @@ class Trial:
             return "diverged" if self.diverged else "error"
         return {"RUNNING": "unfinished", "PAUSED": "unfinished", "PENDING": "not started"}.get(self.status, self.status.lower())
 
+    def last_evaluation(self) -> dict[str, Any] | None:
+        """The last report with an oracle mIoU: the end-of-training evaluation of a finished trial."""
+        scored = [r for r in self.rows if number(r.get("miou")) is not None]
+        return scored[-1] if scored else None
+
     def value(self, metric: str) -> float | None:
         """The last reported value of ``metric`` (what Optuna and ASHA saw last)."""
-        return _number(self.last.get(metric))
+        return number(self.last.get(metric))
 
     def best_row(self, metric: str, mode: str) -> dict[str, Any] | None:
-        scored = [r for r in self.rows if _number(r.get(metric)) is not None]
+        scored = [r for r in self.rows if number(r.get(metric)) is not None]
         if not scored:
             return None
         sign = 1 if mode == "max" else -1
-        return max(scored, key=lambda r: sign * _number(r[metric]))  # type: ignore[operator]
+        return max(scored, key=lambda r: sign * number(r[metric]))  # type: ignore[operator]
 
 
 @dataclass
@@ -126,11 +131,11 @@ class Experiment:
             row.update({k: t.params.get(k) for k in self.searched_keys})
             row.update({
                 "miou": t.value("miou"),
-                "best_miou": _number(best_oracle.get("miou")),
+                "best_miou": number(best_oracle.get("miou")),
                 "source_val_miou": t.value("source_val_miou"),
                 "target_entropy": t.value("target_entropy"),
                 self.metric: t.value(self.metric),
-                "best": _number(best.get(self.metric)),
+                "best": number(best.get(self.metric)),
                 "iter": t.iter,
                 "state": t.state,
                 "checkpoint": best.get("checkpoint_path") or t.last.get("checkpoint_path"),
@@ -288,7 +293,8 @@ def _parse_csv_value(v: str) -> Any:
     return {"True": True, "False": False}.get(v, v)
 
 
-def _number(v: Any) -> float | None:
+def number(v: Any) -> float | None:
+    """A finite number as float; None for anything else (missing, NaN, inf, bool, text)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
         return None
     return float(v)
@@ -306,7 +312,7 @@ def best_trial(exp: Experiment, metric: str | None = None, mode: str | None = No
     if not scored:
         raise ExperimentError(f"{exp.uri or exp.path}: no trial reported {metric!r} yet; nothing to select")
     sign = 1 if mode == "max" else -1
-    return max(scored, key=lambda tr: sign * _number(tr[1][metric]))  # type: ignore[operator]
+    return max(scored, key=lambda tr: sign * number(tr[1][metric]))  # type: ignore[operator]
 
 
 def best_checkpoint(experiment_dir: str | Path, metric: str = "miou", mode: str | None = None) -> str:
@@ -318,13 +324,13 @@ def best_checkpoint(experiment_dir: str | Path, metric: str = "miou", mode: str 
     run) are passed over.
     """
     exp = read_experiment(experiment_dir)
-    if metric == "miou" and not any(_number(r.get("miou")) is not None for t in exp.trials for r in t.rows):
+    if metric == "miou" and not any(number(r.get("miou")) is not None for t in exp.trials for r in t.rows):
         metric = exp.metric
     mode = mode or (exp.mode if metric == exp.metric else _natural_mode(metric))
     candidates = []
     for t in exp.trials:
         for r in t.rows:
-            value = _number(r.get(metric))
+            value = number(r.get(metric))
             if value is not None and r.get("checkpoint_path"):
                 candidates.append((value if mode == "max" else -value, t, r))
     if not candidates:
@@ -426,7 +432,7 @@ def sort_rows(exp: Experiment, rows: list[dict[str, Any]]) -> list[dict[str, Any
     sign = -1 if exp.mode == "max" else 1
 
     def key(r: dict[str, Any]) -> tuple[int, float]:
-        v = _number(r.get("best"))
+        v = number(r.get("best"))
         return (1, 0.0) if v is None else (0, sign * v)
 
     return sorted(rows, key=key)

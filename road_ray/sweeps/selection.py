@@ -13,20 +13,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from road_ray.sweeps.results import Experiment, Trial
+from road_ray.sweeps.results import Experiment, Trial, number
 
 PROXIES = {"source_val_miou": "max", "target_entropy": "min"}
-
-
-def _last_eval(t: Trial) -> dict[str, Any] | None:
-    scored = [r for r in t.rows if _num(r.get("miou")) is not None]
-    return scored[-1] if scored else None
 
 
 def scored_trials(exp: Experiment, complete_only: bool = False) -> list[tuple[Trial, dict[str, Any]]]:
     return [
         (t, row) for t in exp.trials
-        if t.state != "diverged" and (row := _last_eval(t)) is not None and (t.state == "complete" or not complete_only)
+        if t.state != "diverged" and (row := t.last_evaluation()) is not None and (t.state == "complete" or not complete_only)
     ]  # fmt: skip
 
 
@@ -44,7 +39,7 @@ def proxy_agreement(exp: Experiment, complete_only: bool = False) -> dict[str, A
     best_trial, best_row = ranked[0]
     out: dict[str, Any] = {"trials": len(trials), "oracle": {"trial": best_trial.trial_id, "miou": best_row["miou"]}}
     for proxy, mode in PROXIES.items():
-        usable = [(t, r) for t, r in trials if _num(r.get(proxy)) is not None]
+        usable = [(t, r) for t, r in trials if number(r.get(proxy)) is not None]
         if not usable:
             out[proxy] = None
             continue
@@ -121,8 +116,3 @@ def _same(a: Any, b: Any) -> bool:
         return math.isclose(float(a), float(b), rel_tol=1e-9)
     return a == b
 
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
-        return None
-    return float(v)

@@ -13,7 +13,6 @@ the target labels. The study's raw numbers go to ``study.json``. No Ray here.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from road_ray.sweeps.results import Experiment, Trial, display_path  # noqa: E402
+from road_ray.sweeps.results import Experiment, display_path, number  # noqa: E402
 from road_ray.sweeps.space import POINT_KEY  # noqa: E402
 
 IOU_PREFIX = "iou/"
@@ -41,12 +40,6 @@ def is_study(exp: Experiment) -> bool:
     return bool((exp.record.get("space") or {}).get("points"))
 
 
-def final_report(trial: Trial) -> dict[str, Any] | None:
-    """The trial's last evaluation (the one at the end of training)."""
-    scored = [r for r in trial.rows if _num(r.get("miou")) is not None]
-    return scored[-1] if scored else None
-
-
 def study_results(exp: Experiment) -> dict[str, Any]:
     """Per point: each seed's final mIoU, proxies and per-class IoU, and their mean ± std;
     the gap shares; the studies as declared. What ``study.json`` holds."""
@@ -61,17 +54,17 @@ def study_results(exp: Experiment) -> dict[str, Any]:
         for t in exp.trials:
             if t.params.get(POINT_KEY) != name:
                 continue
-            row = final_report(t)
+            row = t.last_evaluation()
             seed = t.params.get("run.seed")
             if row is None:
                 runs.append({"trial": t.trial_id, "seed": seed, "state": t.state, "iter": t.iter})
                 continue
-            iou = {k[len(IOU_PREFIX) :]: _num(v) for k, v in row.items() if k.startswith(IOU_PREFIX)}
+            iou = {k[len(IOU_PREFIX) :]: number(v) for k, v in row.items() if k.startswith(IOU_PREFIX)}
             classes = classes or list(iou)
             runs.append({
                 "trial": t.trial_id, "seed": seed, "state": t.state, "iter": row.get("iter"),
-                "miou": _num(row.get("miou")), "source_val_miou": _num(row.get("source_val_miou")),
-                "target_entropy": _num(row.get("target_entropy")), "iou": iou,
+                "miou": number(row.get("miou")), "source_val_miou": number(row.get("source_val_miou")),
+                "target_entropy": number(row.get("target_entropy")), "iou": iou,
             })  # fmt: skip
         done = [r for r in runs if r.get("miou") is not None and (max_iters is None or r.get("iter") == max_iters)]
         shown = {k: display_path(v) if isinstance(v, str) and "/" in v else v for k, v in overrides.items()}
@@ -130,7 +123,7 @@ def wall_time(exp: Experiment) -> float | None:
 
 
 def mean_std(values: list[Any]) -> dict[str, Any]:
-    xs = [float(v) for v in values if _num(v) is not None]
+    xs = [float(v) for v in values if number(v) is not None]
     return {
         "mean": statistics.fmean(xs) if xs else None,
         "std": statistics.stdev(xs) if len(xs) > 1 else (0.0 if xs else None),
@@ -235,8 +228,3 @@ def _pm(stat: dict[str, Any], digits: int = 2) -> str:
         return "—"
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if stat.get("n", 0) > 1 else f"{mean:.{digits}f}"
 
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
-        return None
-    return float(v)
