@@ -95,6 +95,11 @@ class DataConfig:
     # Ray Data: CPUs per map task; how many batches to prefetch.
     cpus_per_map_task: float = 0.5
     prefetch_batches: int = 2
+    # A train stream's execution (Ray Data runs one per pass) reads its split's files as many
+    # times as it takes to hold at least this many rows: every execution starts with about a
+    # second at one task at a time (on_ray/data.py), which a 600-image split would pay every
+    # ~1 s of crops. 0: one pass per execution.
+    min_rows_per_execution: int = 8192
     max_val_images: int = 0  # 0 = the whole split
 
 
@@ -159,6 +164,8 @@ class Config:
         for key, value in [("road.lambda_dist", self.road.lambda_dist), ("road.lambda_spt", self.road.lambda_spt)]:
             if value < 0:
                 raise ConfigError(f"{key}: expected a value >= 0, got {value}")
+        if self.data.min_rows_per_execution < 0:
+            raise ConfigError(f"data.min_rows_per_execution: expected >= 0, got {self.data.min_rows_per_execution}")
         if self.data.crop_size < 16:
             raise ConfigError(f"data.crop_size: expected >= 16, got {self.data.crop_size}")
         if not 0 < self.data.scale_min <= self.data.scale_max:

@@ -305,3 +305,20 @@ def test_missing_root_and_unknown_dataset(tmp_path):
         prepare_dataset("mapillary", str(tmp_path), str(tmp_path / "out"), progress=False)
     with pytest.raises(ValueError, match="png, jpeg"):
         prepare_dataset("gta5", str(tmp_path), str(tmp_path / "out"), image_format="webp", progress=False)
+
+
+def test_shard_parts_hold_at_most_max_rows(tmp_path):
+    """Parts close at ``max_rows`` (Ray Data reads a split with a task per file), row groups
+    never straddle two parts, and every row is written once, in order."""
+    import pyarrow.parquet as pq
+
+    row = {"domain": "source", "split": "train", "image": b"png", "label": None, "height": 1, "width": 1}
+    with shards.ShardWriter(str(tmp_path / "s"), rows_per_group=50, max_rows=128) as writer:
+        for i in range(300):
+            writer.write({**row, "id": f"{i:03d}"})
+    parts = sorted((tmp_path / "s").glob("part-*.parquet"))
+    groups = [[m.row_group(g).num_rows for g in range(m.num_row_groups)] for m in (pq.ParquetFile(p).metadata for p in parts)]
+    assert groups == [[50, 50, 28], [50, 50, 28], [44]]
+    assert [r["id"] for r in shards.iter_rows(str(tmp_path / "s"))] == [f"{i:03d}" for i in range(300)]
+    with pytest.raises(ValueError, match="max_rows >= 1"):
+        shards.ShardWriter(str(tmp_path / "t"), max_rows=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -18,11 +19,11 @@ H, W, CROP = 64, 128, 32
 SOURCE_ROWS, TARGET_ROWS = 13, 12  # 13: an equal 2-way split has to drop a row
 
 
-def write_split(out, n: int, domain: str, labeled, seed: int) -> list[str]:
+def write_split(out, n: int, domain: str, labeled, seed: int, max_rows: int = 128) -> list[str]:
     """``labeled``: True, False, or a function of the row index."""
     rng = np.random.default_rng(seed)
     ids = []
-    with ShardWriter(str(out), rows_per_group=5) as writer:
+    with ShardWriter(str(out), rows_per_group=5, max_rows=max_rows) as writer:
         for i in range(n):
             has_label = labeled(i) if callable(labeled) else labeled
             image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
@@ -56,7 +57,9 @@ def shards(tmp_path_factory):
 
 @pytest.fixture
 def cfg():
-    return DataConfig(crop_size=CROP, batch_source=2, batch_target=3, cpus_per_map_task=0.5, prefetch_batches=1)
+    # one pass per execution, so that the epochs below are passes over the 13 / 12 rows
+    return DataConfig(crop_size=CROP, batch_source=2, batch_target=3, cpus_per_map_task=0.5, prefetch_batches=1,
+                      min_rows_per_execution=0)  # fmt: skip
 
 
 def streams(shards, cfg, seed=0):
@@ -184,6 +187,37 @@ def test_two_worker_equal_split(ray_session, shards, cfg):
     for t in threads:
         t.join(timeout=240)
     assert rows == {0: SOURCE_ROWS // 2, 1: SOURCE_ROWS // 2}
+
+
+def test_an_execution_reads_enough_passes_for_min_rows(ray_session, shards, cfg):
+    """Small splits repeat their files in one execution (Ray Data's start-up is paid per
+    execution); every pass cuts other crops of the same images."""
+    from road_ray.on_ray.data import execution_rows, passes_per_execution, train_stream
+
+    cfg = dataclasses.replace(cfg, min_rows_per_execution=30)
+    assert passes_per_execution(shards["source"], cfg) == 3  # ceil(30 / 13)
+    assert execution_rows(shards["source"], cfg) == 39
+    assert passes_per_execution(shards["source"], dataclasses.replace(cfg, min_rows_per_execution=0)) == 1
+    rows = list(train_stream(shards["source"], cfg, seed=0, labeled=True).iter_rows())
+    assert len(rows) == 3 * SOURCE_ROWS
+    per_id: dict[str, set] = {}
+    for row in rows:
+        per_id.setdefault(str(row["id"]), set()).add(tuple(np.asarray(row["box"]).tolist()))
+    assert len(per_id) == SOURCE_ROWS and all(len(b) == 3 for b in per_id.values())
+
+
+def test_read_and_crop_run_as_one_task_per_shard_file(ray_session, tmp_path, cfg):
+    """With a few shard files, Ray fuses read -> label filter -> nonce -> crop into one
+    operator (no PNG blocks through the object store, one CPU budget): what CropBatch on whole
+    blocks (``batch_size=None``) buys. A row count per call would keep them apart."""
+    from road_ray.on_ray.data import train_stream
+
+    write_split(tmp_path / "source", 16, "source", lambda i: i % 4 != 3, seed=3, max_rows=4)
+    assert len(list((tmp_path / "source").glob("part-*.parquet"))) == 4
+    ds = train_stream(str(tmp_path / "source"), cfg, seed=0, labeled=True)
+    assert sum(len(b["box"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy")) == 12
+    operators = [line for line in ds.stats().splitlines() if line.startswith("Operator ")]
+    assert len(operators) == 1 and "ReadParquet" in operators[0] and "CropBatch" in operators[0], operators
 
 
 def test_val_stream_yields_whole_labeled_images(ray_session, shards, cfg):

@@ -5,8 +5,8 @@ On the MiniCity source-train shards (``ensure_minicity``; size "default", "small
 
 - ``png``: :func:`road_ray.on_ray.data.compare_with_dataloader` on the shards as prepared (PNG):
   crops/s of the Ray Data stream vs a PyTorch ``DataLoader`` with the same number of CPU
-  workers, the same transform and batch size, over one epoch of batches by default (so each
-  window holds one epoch start, which Ray Data pays with a new execution);
+  workers, the same transform and batch size, over one stream execution of batches by default
+  (so each window holds one execution start, which Ray Data pays every epoch);
 - ``jpeg``: the same on a JPEG (quality 95) copy of the shards, written to a temporary folder
   (what ``road-ray prepare --image-format jpeg`` would store);
 - ``transform``: the transform alone (``CropBatch``: decode, random scale, crop, flip,
@@ -44,7 +44,7 @@ from road_ray.config import DataConfig
 OPTIONS = ("network", "crop", "batch", "precision", "device", "workers", "steps", "repeats", "warmup", "smoke", "seed")
 DEFAULTS: dict[str, Any] = {
     "network": "deeplabv2-small", "crop": 161, "batch": 5, "precision": "auto", "device": "auto",
-    "workers": None, "steps": None, "repeats": 5, "warmup": 2, "seed": 0, "size": "default",
+    "workers": None, "steps": None, "repeats": 3, "warmup": 2, "seed": 0, "size": "default",
 }  # fmt: skip
 SMOKE: dict[str, Any] = {"crop": 32, "batch": 2, "repeats": 1, "warmup": 1, "size": "small"}
 TARGETS = {"ray_over_dataloader_min": 1.0, "stream_over_step_min": 1.5}
@@ -85,11 +85,9 @@ def _transform_crops_per_s(rows: dict[str, np.ndarray], cfg: DataConfig, seed: i
     from road_ray.data.transforms import CropBatch
 
     crop = CropBatch(cfg, seed=seed, labeled=True)
-    n, chunk = len(rows["id"]), 16  # MAP_BATCH_ROWS: what one Ray Data task call gets
     start = time.perf_counter()
-    for i in range(0, n, chunk):
-        crop({key: value[i : i + chunk] for key, value in rows.items()})
-    return n / (time.perf_counter() - start)
+    crop(rows)  # one call on all the rows, as a Ray Data task gets a whole block
+    return len(rows["id"]) / (time.perf_counter() - start)
 
 
 def bench(progress: Progress, **options: Any) -> dict[str, Any]:
@@ -97,9 +95,8 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     import ray
 
     from road_ray.bench.step import StepSetup, bench_config
-    from road_ray.data.shards import count_rows
     from road_ray.engine.resolve import ensure_minicity
-    from road_ray.on_ray.data import compare_with_dataloader
+    from road_ray.on_ray.data import compare_with_dataloader, execution_rows
     from road_ray.on_ray.train import init_ray
 
     o = {**DEFAULTS, **(SMOKE if options.get("smoke") else {}), **options}
@@ -112,9 +109,9 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
 
     minicity = ensure_minicity(o["size"], log=progress)
     png_path = str(minicity / "source_train")
-    # Default: one epoch of batches per measurement, so every window holds exactly one epoch start
-    # (Ray Data starts a new execution per epoch) wherever it falls.
-    steps = int(o["steps"] or max(1, count_rows(png_path) // o["batch"]))
+    # Default: one stream execution of batches per measurement, so every window holds exactly
+    # one execution start (Ray Data's per-epoch cost) wherever it falls.
+    steps = int(o["steps"] or max(1, execution_rows(png_path, data_cfg) // o["batch"]))
     tmp = tempfile.mkdtemp(prefix="road-ray-bench-jpeg-")
     started_ray = not ray.is_initialized()
     try:
@@ -168,7 +165,8 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
         "compare_with_dataloader": compare,
         "notes": [
             "ray_data vs dataloader: road_ray.on_ray.data.compare_with_dataloader (same shards, transform, batch size, "
-            "CPU workers; Ray Data capped at `workers` CPUs, one per task); each side first runs one untimed epoch",
+            "CPU workers; Ray Data capped at `workers` CPUs, one per task); each side first runs one untimed pass "
+            "over the split, then a window of one stream execution (data.min_rows_per_execution rows)",
             "stream_over_step: the stream and the step measured one after the other, each with the machine to itself",
         ],
     }

@@ -37,6 +37,9 @@ SHARD_SCHEMA = pa.schema(
 MANIFEST = "manifest.json"
 PART_PREFIX = "part-"
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
+# At most this many rows per part: Ray Data reads a split with one task per file (or group of
+# files), so a split needs several parts to be read (and cropped, fused) on several CPUs.
+DEFAULT_SHARD_ROWS = 128
 
 
 def open_fs(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -65,16 +68,21 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
 
 
 class ShardWriter:
-    """Writes rows of ``SHARD_SCHEMA`` into ``out_dir/part-NNNNN.parquet`` files of about ``max_bytes``.
+    """Writes rows of ``SHARD_SCHEMA`` into ``out_dir/part-NNNNN.parquet`` files of about
+    ``max_bytes`` and at most ``max_rows`` rows (row groups of ``rows_per_group``).
 
     Use as a context manager; on an exception, the temporary part being written is removed
     and the parts already completed are kept (they are whole). ``close()`` returns the parts.
     """
 
-    def __init__(self, out_dir: str, max_bytes: int = DEFAULT_SHARD_BYTES, rows_per_group: int = 64):
+    def __init__(self, out_dir: str, max_bytes: int = DEFAULT_SHARD_BYTES, rows_per_group: int = 64,
+                 max_rows: int = DEFAULT_SHARD_ROWS):  # fmt: skip
+        if min(max_bytes, rows_per_group, max_rows) < 1:
+            raise ValueError(f"ShardWriter {out_dir}: expected max_bytes, rows_per_group and max_rows >= 1")
         self.out_dir = out_dir
         self.max_bytes = max_bytes
-        self.rows_per_group = rows_per_group
+        self.rows_per_group = min(rows_per_group, max_rows)
+        self.max_rows = max_rows
         self.fs, self.path = open_fs(out_dir)
         self.fs.create_dir(self.path, recursive=True)
         self.parts: list[str] = []
@@ -82,12 +90,12 @@ class ShardWriter:
         self._writer: pq.ParquetWriter | None = None
         self._tmp: str | None = None
         self._bytes = 0
+        self._part_rows = 0
         self.num_rows = 0
 
     def _open(self) -> None:
         self._tmp = join(self.path, f".tmp-{uuid.uuid4().hex}.parquet")
         self._writer = pq.ParquetWriter(self._tmp, SHARD_SCHEMA, filesystem=self.fs, compression="none")
-        self._bytes = 0
 
     def _flush_group(self) -> None:
         if not self._rows:
@@ -97,8 +105,9 @@ class ShardWriter:
         table = pa.Table.from_pylist(self._rows, schema=SHARD_SCHEMA)
         self._writer.write_table(table)
         self._bytes += table.nbytes
+        self._part_rows += len(self._rows)
         self._rows = []
-        if self._bytes >= self.max_bytes:
+        if self._bytes >= self.max_bytes or self._part_rows >= self.max_rows:
             self._finish_part()
 
     def _finish_part(self) -> None:
@@ -109,6 +118,7 @@ class ShardWriter:
         self.fs.move(self._tmp, final)
         self.parts.append(final)
         self._writer, self._tmp = None, None
+        self._bytes = self._part_rows = 0
 
     def write(self, row: dict[str, Any]) -> None:
         missing = [f.name for f in SHARD_SCHEMA if f.name not in row or (row[f.name] is None and not f.nullable)]
@@ -116,7 +126,7 @@ class ShardWriter:
             raise ValueError(f"shard row {row.get('id')!r}: missing required columns {missing}")
         self._rows.append(row)
         self.num_rows += 1
-        if len(self._rows) >= self.rows_per_group:
+        if len(self._rows) >= min(self.rows_per_group, self.max_rows - self._part_rows):
             self._flush_group()
 
     def close(self) -> list[str]:

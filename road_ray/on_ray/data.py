@@ -2,9 +2,10 @@
 
 The flow, per domain::
 
-    Parquet shards --read_parquet (file order shuffled every epoch)--> rows {id, image, label}
-      --with_column(crop_nonce = random(seed), new values every epoch)-->
-      --map_batches(CropBatch) on fractional-CPU tasks--> rows {image, label, box, id}
+    Parquet shards --read_parquet (file order shuffled every execution; small splits read
+      their files several times per execution, see below)--> rows {id, image, label}
+      --with_column(crop_nonce = random(seed), new values every execution)-->
+      --map_batches(CropBatch, whole blocks) on fractional-CPU tasks--> rows {image, label, box, id}
       --streaming_split(n, equal=True) in Ray Train--> one DataIterator per worker
       --iter_torch_batches(drop_last, local shuffle)--> tensors
 
@@ -13,9 +14,24 @@ and :func:`mixed_domain_batches` zips a source batch with a target batch every s
 Why not ``randomize_block_order()``: in this Ray it is an all-to-all operator that waits for
 *every* block of the split before emitting the first one, i.e. it reads the whole split into
 the object store (spilling to disk) each epoch. We shuffle the order of the shard files at read
-time instead (``FileShuffleConfig(reseed_after_execution=True)``: a new order every epoch,
+time instead (``FileShuffleConfig(reseed_after_execution=True)``: a new order every execution,
 streaming) and mix rows with a local shuffle buffer in the iterator. Memory stays bounded by
 a few blocks per operator whatever the split's size.
+
+Why whole blocks per ``map_batches`` call: with a row count (``batch_size=16``) after the
+label filter, Ray does not fuse the read into the crop (the filter may change row counts), so
+every block took two tasks and a trip through the object store, and the two operators split
+the CPU budget between them. With whole blocks, read -> filter -> nonce -> crop is one task
+per read task whenever the split has enough files for Ray not to split its blocks (shards of
+at most ``shards.DEFAULT_SHARD_ROWS`` rows).
+
+Why several passes per execution (``DataConfig.min_rows_per_execution``): Ray Data learns the
+CPUs it may use from its autoscaling coordinator, asynchronously; each new execution (each
+epoch of a stream) therefore runs its first ~1 s with a resource limit of zero, i.e. one task
+at a time (measured with Ray 2.60 on 2 CPUs: limits 0.0 for 1.0-3.1 s after every execution
+start, then 2.0). On MiniCity's 600-image source split a pass takes ~1 s, so every pass ran
+mostly serialized; reading the files ``passes`` times per execution pays that start once per
+``passes`` passes. An "epoch" of a train stream below means one execution.
 
 Deployment note (measured on 2 CPUs): with fractional CPUs per task (``cpus_per_map_task <
 1``) more Ray worker processes run than the node has CPUs, and Ray keeps only
@@ -46,10 +62,11 @@ from road_ray.config import DataConfig
 from road_ray.data.shards import count_rows, list_shard_files, open_fs
 from road_ray.data.transforms import NONCE_COLUMN, CropBatch, WholeImageBatch
 
-# Rows per map_batches call: small enough that one call is a fraction of a second on
-# 2048x1024 images and its output (~2 MB per 321² crop) stays small, large enough to amortize
-# the per-call overhead on tiny images.
-MAP_BATCH_ROWS = 16
+# Reads of at least this many files (passes included) get one task per file (read_shards).
+FILES_FOR_ONE_TASK_PER_FILE = 8
+# At most this many passes per train-stream execution, whatever min_rows_per_execution asks:
+# enough to amortize an execution's start-up; tiny splits (tests) stay cheap to plan.
+MAX_PASSES_PER_EXECUTION = 16
 # Local shuffle buffer of the step iterator when none is given: this many batches of rows.
 DEFAULT_SHUFFLE_BATCHES = 8
 # Read shards with Ray Data's DataSourceV2 Parquet reader (slow per-epoch start, see read_shards).
@@ -105,6 +122,7 @@ def read_shards(
     shuffle_files: bool = False,
     seed: int | None = None,
     num_cpus: float | None = None,
+    passes: int = 1,
 ) -> Dataset:
     """Stream the rows of a shard folder (local path or URI) as a Ray Dataset.
 
@@ -115,8 +133,11 @@ def read_shards(
         shuffle_files: read the files in a new random order at every execution (epoch).
         seed: makes that order reproducible (still different per epoch).
         num_cpus: CPUs reserved by each read task (fractional on small machines).
+        passes: read every file this many times per execution (see the module docstring).
     """
-    files = list_shard_files(path)
+    if passes < 1:
+        raise ValueError(f"read_shards {path}: expected passes >= 1, got {passes}")
+    files = list_shard_files(path) * passes
     _quiet_loggers()
     shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle_files else None
     # Ray 2.60 routes read_parquet through "DataSourceV2" by default: a ListFiles task that
@@ -127,8 +148,12 @@ def read_shards(
     saved = ctx.use_datasource_v2, ctx.enable_progress_bars
     ctx.use_datasource_v2 = USE_DATASOURCE_V2
     ctx.enable_progress_bars = ctx.enable_progress_bars and _verbose()  # the footer-sampling bar
+    # One read task per file once there are enough files to keep the CPUs busy: left to
+    # itself, Ray splits the blocks of a read whose data it deems large for its task count,
+    # and a split read is not fused with the crop that follows (module docstring).
+    blocks = len(files) if len(files) >= FILES_FOR_ONE_TASK_PER_FILE else None
     try:
-        ds = ray.data.read_parquet(files, shuffle=shuffle, num_cpus=num_cpus)
+        ds = ray.data.read_parquet(files, shuffle=shuffle, num_cpus=num_cpus, override_num_blocks=blocks)
     finally:
         ctx.use_datasource_v2, ctx.enable_progress_bars = saved
     if columns is not None:
@@ -142,23 +167,40 @@ def train_stream(path: str, cfg: DataConfig, *, seed: int, labeled: bool) -> Dat
     ``image`` float32 [3,c,c] (ImageNet-normalized), ``label`` int64 [c,c] (255 = ignore),
     ``box`` float32 [8] (``road_ray.data.boxes``). A labeled stream keeps only the rows that
     have a label (filter pushed into the scan); an unlabeled one does not even read labels.
-    Every execution of the returned dataset (every epoch) cuts new crops (see CropBatch).
+    Every execution of the returned dataset (every epoch) cuts new crops (see CropBatch); an
+    execution holds :func:`passes_per_execution` passes over the split.
     """
     cpus = cfg.cpus_per_map_task
     columns = ["id", "image", "label"] if labeled else ["id", "image"]
-    ds = read_shards(path, columns=columns, shuffle_files=True, seed=seed, num_cpus=cpus)
+    passes = passes_per_execution(path, cfg)
+    ds = read_shards(path, columns=columns, shuffle_files=True, seed=seed, num_cpus=cpus, passes=passes)
     if labeled:
         ds = ds.filter(expr=col("label").is_not_null(), num_cpus=cpus)
     ds = ds.with_column(NONCE_COLUMN, random_expr(seed=seed, reseed_after_execution=True), num_cpus=cpus)
     ds = ds.map_batches(
         CropBatch(cfg, seed=seed, labeled=labeled),  # an instance, not a class: stateless tasks
         batch_format="numpy",
-        batch_size=MAP_BATCH_ROWS,
+        batch_size=None,  # whole blocks: lets Ray fuse the read into this task (module docstring)
         num_cpus=cpus,
     )
     # The rows keep CropBatch's "id" (which image a crop came from): dropping it would cost a
     # separate Project stage (one more task per block), as Ray does not fuse it into the UDF.
     return _quiet(ds)
+
+
+def passes_per_execution(path: str, cfg: DataConfig) -> int:
+    """How many passes over the split at ``path`` one train-stream execution reads: enough to
+    hold ``cfg.min_rows_per_execution`` rows (1 when that is 0 or the split is larger), at most
+    ``MAX_PASSES_PER_EXECUTION``."""
+    if cfg.min_rows_per_execution <= 0:
+        return 1
+    passes = -(-cfg.min_rows_per_execution // max(count_rows(path), 1))
+    return max(1, min(passes, MAX_PASSES_PER_EXECUTION))
+
+
+def execution_rows(path: str, cfg: DataConfig) -> int:
+    """Rows one train-stream execution of the split at ``path`` reads (unlabeled ones included)."""
+    return count_rows(path) * passes_per_execution(path, cfg)
 
 
 def val_stream(path: str, cfg: DataConfig, *, max_images: int = 0) -> Dataset:
@@ -416,14 +458,15 @@ def compare_with_dataloader(path: str, cfg: DataConfig, num_workers: int, steps:
     Ray Data gets the same CPU budget: ``resource_limits.cpu = num_workers`` and one CPU per
     task, i.e. at most ``num_workers`` processes decoding and cropping, like the DataLoader
     (``cfg.cpus_per_map_task`` is ignored here). Both re-open their stream when an epoch ends.
-    Each side first runs one epoch untimed (start-up, reported as ``warmup_s``), then
-    ``steps`` timed batches. ``cpu_ms_per_crop`` is the CPU time of the whole process tree
+    Each side first runs one pass over the split untimed (start-up, reported as ``warmup_s``),
+    then ``steps`` timed batches (the bench takes one execution's worth: every window then
+    holds one execution start of Ray Data, wherever it falls). ``cpu_ms_per_crop`` is the CPU time of the whole process tree
     (for Ray: driver, raylet, GCS, workers) per crop, less distorted by other load on the
     machine than the wall-clock rates; ``load_avg`` tells how busy the machine was.
     Needs a running local Ray instance (``ray.init`` first).
     """
     batch = cfg.batch_source
-    warmup = max(1, count_rows(path) // batch)
+    warmup = max(1, count_rows(path) // batch)  # one pass: worker processes started, imports done
     load_before = os.getloadavg()[0]
     ds = train_stream(path, dataclasses.replace(cfg, cpus_per_map_task=1.0), seed=0, labeled=True)
     ds.context.execution_options.resource_limits = ExecutionResources(cpu=num_workers)
@@ -465,6 +508,7 @@ def compare_with_dataloader(path: str, cfg: DataConfig, num_workers: int, steps:
 __all__ = [
     "read_shards",
     "train_stream",
+    "passes_per_execution",
     "val_stream",
     "mixed_domain_batches",
     "iter_val_batches",
