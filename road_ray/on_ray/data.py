@@ -164,7 +164,7 @@ def read_shards(
 def train_stream(path: str, cfg: DataConfig, *, seed: int, labeled: bool) -> Dataset:
     """Random crops of one domain's train split: rows ``{image, box, id}`` (+ ``label`` if labeled).
 
-    ``image`` float32 [3,c,c] (ImageNet-normalized), ``label`` int64 [c,c] (255 = ignore),
+    ``image`` uint8 [3,c,c] (normalized on the device by the loop), ``label`` uint8 [c,c] (255 = ignore),
     ``box`` float32 [8] (``road_ray.data.boxes``). A labeled stream keeps only the rows that
     have a label (filter pushed into the scan); an unlabeled one does not even read labels.
     Every execution of the returned dataset (every epoch) cuts new crops (see CropBatch); an
