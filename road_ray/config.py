@@ -95,10 +95,10 @@ class DataConfig:
     # Ray Data: CPUs per map task; how many batches to prefetch.
     cpus_per_map_task: float = 0.5
     prefetch_batches: int = 2
-    # A train stream's execution (Ray Data runs one per pass) reads its split's files as many
-    # times as it takes to hold at least this many rows: every execution starts with about a
-    # second at one task at a time (on_ray/data.py), which a 600-image split would pay every
-    # ~1 s of crops. 0: one pass per execution.
+    # An execution of a train stream (Ray Data runs one per epoch of the stream) reads the
+    # split's files as many times as it takes to hold at least this many rows, at most 16:
+    # every execution starts with about a second at one task at a time (on_ray/data.py), which
+    # a 600-image split would otherwise pay every ~1 s of crops. 0: one pass per execution.
     min_rows_per_execution: int = 8192
     max_val_images: int = 0  # 0 = the whole split
 

@@ -185,8 +185,6 @@ def build_trainer(
     inject_fault_at: int = 0,
 ) -> TorchTrainer:
     """A TorchTrainer for one run; the datasets are Ray Data streams of the configured shards."""
-    from road_ray.on_ray.data import read_shards  # noqa: F401  (import check: fail fast on Ray Data)
-
     use_gpu = torch.cuda.is_available() if cfg.run.use_gpu is None else cfg.run.use_gpu
     datasets = {
         "source": train_stream(cfg.data.source, cfg.data, seed=cfg.run.seed, labeled=True),

@@ -297,7 +297,6 @@ def _in_experiment(checkpoint: str | None) -> str | None:
     return checkpoint
 
 
-
 def _varies(rows: list[dict[str, Any]], key: str) -> bool:
     return len({repr(r.get(key)) for r in rows if r.get(key) is not None}) > 1
 

@@ -227,4 +227,3 @@ def _pm(stat: dict[str, Any], digits: int = 2) -> str:
     if mean is None:
         return "—"
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if stat.get("n", 0) > 1 else f"{mean:.{digits}f}"
-
