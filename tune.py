@@ -21,20 +21,41 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Search spaces: search_spaces/*.yaml (format: road_ray/sweeps/space.py). mIoU is the target-val "
         "mIoU (the oracle); source-val mIoU and target entropy are label-free proxies shown beside it.",
     )
-    p.add_argument("--space", help="search-space YAML file, or a shipped space's name (minicity, smoke, grid_ablation, "
-                   "gta5_deeplab_vgg16, ...); default: minicity (smoke with --smoke)")  # fmt: skip
+    p.add_argument(
+        "--space",
+        help="search-space YAML file, or a shipped space's name (minicity, smoke, grid_ablation, "
+        "gta5_deeplab_vgg16, ...); default: minicity (smoke with --smoke)",
+    )
     p.add_argument("--num-samples", type=int, help="number of trials (overrides the space's num_samples)")
-    p.add_argument("--storage", help="folder or URI holding experiments (default: $ROAD_RAY_STORAGE or ~/road-ray-results)")
-    p.add_argument("--name", help="experiment name (default: SPACE-DATE-TIME); with --resume: which one to resume "
-                   "(default: the latest of this space)")  # fmt: skip
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep: finished trials are kept, "
-                   "unfinished ones continue from their checkpoints")  # fmt: skip
-    p.add_argument("--smoke", action="store_true", help="the real path at toy size (search_spaces/smoke.yaml, "
-                   "or the given --space with the smoke sizes, at most 3 trials)")  # fmt: skip
-    p.add_argument("--optuna-storage", metavar="SQLITE_FILE",
-                   help="also keep the Optuna study in this SQLite file (e.g. to inspect it with optuna-dashboard)")
-    p.add_argument("--max-concurrent", type=int, help="trials at a time (default: the space's, else GPUs // GPUs "
-                   "per trial, or 1 per ~4 CPU cores)")  # fmt: skip
+    p.add_argument(
+        "--storage", help="folder or URI holding experiments (default: $ROAD_RAY_STORAGE or ~/road-ray-results)"
+    )
+    p.add_argument(
+        "--name",
+        help="experiment name (default: SPACE-DATE-TIME); with --resume: which one to resume "
+        "(default: the latest of this space)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted sweep: finished trials are kept, unfinished ones continue from their checkpoints",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the real path at toy size (search_spaces/smoke.yaml, "
+        "or the given --space with the smoke sizes, at most 3 trials)",
+    )
+    p.add_argument(
+        "--optuna-storage",
+        metavar="SQLITE_FILE",
+        help="also keep the Optuna study in this SQLite file (e.g. to inspect it with optuna-dashboard)",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        help="trials at a time (default: the space's, else GPUs // GPUs per trial, or 1 per ~4 CPU cores)",
+    )
     return p
 
 
@@ -51,9 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         from road_ray.on_ray.tune import print_outcome, run_sweep
 
         outcome = run_sweep(
-            args.space, num_samples=args.num_samples, storage=args.storage, name=args.name, resume=args.resume,
-            smoke=args.smoke, optuna_storage=args.optuna_storage, max_concurrent=args.max_concurrent,
-        )  # fmt: skip
+            args.space,
+            num_samples=args.num_samples,
+            storage=args.storage,
+            name=args.name,
+            resume=args.resume,
+            smoke=args.smoke,
+            optuna_storage=args.optuna_storage,
+            max_concurrent=args.max_concurrent,
+        )
     except (SpaceError, ConfigError, ValueError, FileNotFoundError) as e:
         print(f"tune.py: error: {e}", file=sys.stderr)
         return 2

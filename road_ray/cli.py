@@ -42,8 +42,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "line of stdout, a JSON object with iter, miou and checkpoint.",
     )
     p.add_argument("--config", help="YAML config file (nested keys as in road_ray/config.py)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set road.lambda_dist=0.1 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set road.lambda_dist=0.1 (repeatable)",
+    )
     p.add_argument("--smoke", action="store_true", help="the real path at toy size (MiniCity small, a few iterations)")
     p.add_argument("--storage", help="where runs are kept (folder or URI); default ~/road-ray-results")
     p.add_argument("--name", help="run name; a run restarted with the same storage and name resumes")
@@ -76,11 +82,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "report", help="sweep table + plots",
+        "report",
+        help="sweep table + plots",
         description="Turn a sweep experiment into a Markdown table and PNG plots: for an Optuna sweep, mIoU vs "
         "each parameter, parameter importance, the paper's point vs the best, what the label-free proxies would "
         "select; for a study (points: in the space), the paper's per-class table and bar charts over seeds.",
-    )  # fmt: skip
+    )
     p.add_argument("--experiment", required=True, help="the sweep experiment directory")
     p.add_argument("--out", help="output folder (default: EXPERIMENT/report)")
     p.set_defaults(run=cmd_report)
@@ -98,7 +105,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("what", choices=["step", "data", "eval"])
     p.add_argument("--json", metavar="FILE", help="write the figures, the settings and the machine as JSON")
-    p.add_argument("--network", help="ARCH-BACKBONE, e.g. deeplabv2-small (default), deeplabv2-resnet101, pspnet-resnet101")
+    p.add_argument(
+        "--network", help="ARCH-BACKBONE, e.g. deeplabv2-small (default), deeplabv2-resnet101, pspnet-resnet101"
+    )
     p.add_argument("--crop", type=int, help="crop side in pixels (default 161; eval: the sliding window)")
     p.add_argument("--batch", type=int, help="crops per domain per step (default 5, i.e. 5 source + 5 target)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="default auto: bf16 on GPU, fp32 on CPU")
@@ -106,12 +115,23 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-layer", help="step: the distilled tap (default: the backbone's last stage, e.g. layer4)")
     p.add_argument("--repeats", type=int, help="measured rounds (medians are taken over them)")
     p.add_argument("--warmup", type=int, help="untimed calls of each variant first")
-    p.add_argument("--smoke", action="store_true", default=None, help="toy sizes (MiniCity small, tiny crops, 1-2 rounds)")
-    p.add_argument("--no-ray", dest="ray", action="store_false", default=None,
-                   help="step: skip the Ray Train variant (no Ray started)")  # fmt: skip
+    p.add_argument(
+        "--smoke", action="store_true", default=None, help="toy sizes (MiniCity small, tiny crops, 1-2 rounds)"
+    )
+    p.add_argument(
+        "--no-ray",
+        dest="ray",
+        action="store_false",
+        default=None,
+        help="step: skip the Ray Train variant (no Ray started)",
+    )
     p.add_argument("--threads", type=int, help="torch threads of the measured process (step: and of the Ray worker)")
-    p.add_argument("--peak-tflops", type=float, help="step: the device's peak TFLOP/s for MFU (default: a table by GPU name)")
-    p.add_argument("--workers", type=int, help="data: CPU workers of Ray Data and of the DataLoader (default: all cores)")
+    p.add_argument(
+        "--peak-tflops", type=float, help="step: the device's peak TFLOP/s for MFU (default: a table by GPU name)"
+    )
+    p.add_argument(
+        "--workers", type=int, help="data: CPU workers of Ray Data and of the DataLoader (default: all cores)"
+    )
     p.add_argument("--steps", type=int, help="data: timed batches per measurement")
     p.add_argument("--images", type=int, help="eval: images of target_val per pass (default: all)")
     p.set_defaults(run=cmd_bench)
@@ -136,8 +156,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     if args.dataset == "minicity":
         from road_ray.data.minicity import write_minicity
 
-        manifest = write_minicity(args.out, size=args.size, seed=args.seed, num_workers=args.workers,
-                                  overwrite=args.overwrite)  # fmt: skip
+        manifest = write_minicity(
+            args.out, size=args.size, seed=args.seed, num_workers=args.workers, overwrite=args.overwrite
+        )
     else:
         from road_ray.data.prepare import DATASETS, prepare_dataset
 
@@ -145,18 +166,27 @@ def cmd_prepare(args: argparse.Namespace) -> None:
             raise ValueError(f"unknown dataset {args.dataset!r}; expected one of {', '.join(DATASETS)}, minicity")
         if not args.root:
             raise ValueError(f"road-ray prepare {args.dataset}: --root DIR is required")
-        manifest = prepare_dataset(args.dataset, args.root, args.out, num_workers=args.workers,
-                                   shard_bytes=args.shard_mb * 1024 * 1024, image_format=args.image_format,
-                                   overwrite=args.overwrite)  # fmt: skip
+        manifest = prepare_dataset(
+            args.dataset,
+            args.root,
+            args.out,
+            num_workers=args.workers,
+            shard_bytes=args.shard_mb * 1024 * 1024,
+            image_format=args.image_format,
+            overwrite=args.overwrite,
+        )
     splits = {k: v["rows"] for k, v in manifest["splits"].items()}
-    print(f"wrote {args.out}: rows per split {splits}; skipped {len(manifest.get('skipped', []))} inputs (see manifest.json)")
+    print(
+        f"wrote {args.out}: rows per split {splits}; skipped {len(manifest.get('skipped', []))} inputs (see manifest.json)"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from road_ray.on_ray.train import train_from_cli
 
-    summary = train_from_cli(config_path=args.config, overrides=args.overrides, smoke=args.smoke,
-                             storage=args.storage, name=args.name)  # fmt: skip
+    summary = train_from_cli(
+        config_path=args.config, overrides=args.overrides, smoke=args.smoke, storage=args.storage, name=args.name
+    )
     print(json.dumps(summary))
 
 
@@ -175,8 +205,23 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from road_ray.bench import run_bench
 
-    names = ("network", "crop", "batch", "precision", "device", "teacher_layer", "repeats", "warmup", "smoke", "ray",
-             "threads", "peak_tflops", "workers", "steps", "images")  # fmt: skip
+    names = (
+        "network",
+        "crop",
+        "batch",
+        "precision",
+        "device",
+        "teacher_layer",
+        "repeats",
+        "warmup",
+        "smoke",
+        "ray",
+        "threads",
+        "peak_tflops",
+        "workers",
+        "steps",
+        "images",
+    )
     run_bench(args.what, args.json, **{name: getattr(args, name) for name in names})
 
 

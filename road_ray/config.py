@@ -155,7 +155,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Cross-field checks; raises ConfigError naming the key."""
         try:
             parse_grid(self.road.grid)

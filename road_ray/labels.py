@@ -14,35 +14,100 @@ import numpy as np
 IGNORE_INDEX = 255
 
 CLASS_NAMES: tuple[str, ...] = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
-    "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
-    "truck", "bus", "train", "motorcycle", "bicycle",
-)  # fmt: skip
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
 NUM_CLASSES = len(CLASS_NAMES)
 
 # Cityscapes colour palette, indexed by trainId.
 PALETTE: np.ndarray = np.array(
     [
-        (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-        (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-        (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70),
-        (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+        (128, 64, 128),
+        (244, 35, 232),
+        (70, 70, 70),
+        (102, 102, 156),
+        (190, 153, 153),
+        (153, 153, 153),
+        (250, 170, 30),
+        (220, 220, 0),
+        (107, 142, 35),
+        (152, 251, 152),
+        (70, 130, 180),
+        (220, 20, 60),
+        (255, 0, 0),
+        (0, 0, 142),
+        (0, 0, 70),
+        (0, 60, 100),
+        (0, 80, 100),
+        (0, 0, 230),
+        (119, 11, 32),
     ],
     dtype=np.uint8,
-)  # fmt: skip
+)
 
 # Cityscapes labelId -> trainId (also GTA5's label PNG palette indices).
 CITYSCAPES_ID_TO_TRAINID: dict[int, int] = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
-    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
-}  # fmt: skip
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 TRAINID_TO_CITYSCAPES_ID: dict[int, int] = {v: k for k, v in CITYSCAPES_ID_TO_TRAINID.items()}
 
 # SYNTHIA-RAND-CITYSCAPES class id (first channel of GT/LABELS) -> trainId.
 SYNTHIA_ID_TO_TRAINID: dict[int, int] = {
-    3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9,
-    1: 10, 10: 11, 17: 12, 8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18,
-}  # fmt: skip
+    3: 0,
+    4: 1,
+    2: 2,
+    21: 3,
+    5: 4,
+    7: 5,
+    15: 6,
+    9: 7,
+    6: 8,
+    16: 9,
+    1: 10,
+    10: 11,
+    17: 12,
+    8: 13,
+    18: 14,
+    19: 15,
+    20: 16,
+    12: 17,
+    11: 18,
+}
 
 SYNTHIA16_TRAINIDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18)
 SYNTHIA13_TRAINIDS: tuple[int, ...] = (0, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18)

@@ -63,7 +63,9 @@ def test_bench_step_smoke(ray_session, tmp_path):
     assert all(positive(f["images_per_s"][k]) for k in ("road", "plain", "ray"))
     # FLOPs: the ROAD step does the plain step's work plus the teacher's forward and the classifiers
     assert f["gflop_per_call"]["road"] > f["gflop_per_call"]["plain"] > 0 and f["flop_ratio_road_over_plain"] > 1
-    assert 0 < f["flop_shares_of_road_step"]["distillation"] < 1 and 0 < f["flop_shares_of_road_step"]["spatial_term"] < 1
+    assert (
+        0 < f["flop_shares_of_road_step"]["distillation"] < 1 and 0 < f["flop_shares_of_road_step"]["spatial_term"] < 1
+    )
     assert f["peak_tflops"] == 1.5
     assert all(positive(f["mfu"][k]) and positive(f["tflops_achieved"][k]) for k in ("road", "plain"))
     assert isinstance(f["targets"]["road_over_plain_met"], bool) and isinstance(f["targets"]["ray_over_bare_met"], bool)
@@ -84,13 +86,25 @@ def test_bench_data_smoke(ray_session, road_ray_home, tmp_path):
     check_machine(result, "data")
     s, f = result["settings"], result["figures"]
     assert "small" in s["dataset"] and s["rows"] > 0 and s["workers"] >= 1
-    for key in ("ray_over_dataloader", "ray_data_crops_per_s", "dataloader_crops_per_s", "step_crops_per_s",
-                "stream_over_step"):  # fmt: skip
+    for key in (
+        "ray_over_dataloader",
+        "ray_data_crops_per_s",
+        "dataloader_crops_per_s",
+        "step_crops_per_s",
+        "stream_over_step",
+    ):
         assert positive(f[key]), key
     for kind in ("png", "jpeg"):
         e = f["encodings"][kind]
-        assert all(positive(e[k]) for k in ("ray_data_crops_per_s", "dataloader_crops_per_s", "transform_only_crops_per_s",
-                                            "image_bytes_per_row"))  # fmt: skip
+        assert all(
+            positive(e[k])
+            for k in (
+                "ray_data_crops_per_s",
+                "dataloader_crops_per_s",
+                "transform_only_crops_per_s",
+                "image_bytes_per_row",
+            )
+        )
     assert all(positive(v) for v in f["jpeg_over_png"].values())
     assert isinstance(f["targets"]["stream_over_step_met"], bool)
 

@@ -50,7 +50,9 @@ def _ray_version() -> str:
 
 def test_every_file_in_cluster_is_checked():
     present = {p.name for p in CLUSTER.iterdir() if not p.name.startswith(".")}
-    assert present == CHECKED, f"unchecked files in cluster/: {sorted(present - CHECKED)}; missing: {sorted(CHECKED - present)}"
+    assert present == CHECKED, (
+        f"unchecked files in cluster/: {sorted(present - CHECKED)}; missing: {sorted(CHECKED - present)}"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -129,12 +131,17 @@ def test_launcher_images_are_the_installed_rays_gpu_image(name):
     config = _load(name)
     docker = config["docker"]
     images = [docker["image"], *(docker.get(k) for k in ("head_image", "worker_image") if docker.get(k))]
-    images += [t["docker"]["worker_image"] for t in config["available_node_types"].values()
-               if t.get("docker", {}).get("worker_image")]  # fmt: skip
+    images += [
+        t["docker"]["worker_image"]
+        for t in config["available_node_types"].values()
+        if t.get("docker", {}).get("worker_image")
+    ]
     for image in images:
         m = IMAGE.match(image)
         assert m, f"{name}: image {image!r} is not a rayproject/ray GPU image (rayproject/ray:X.Y.Z-pyNN-gpu)"
-        assert m["version"] == _ray_version(), f"{name}: image {image!r} does not match the installed ray {_ray_version()}"
+        assert m["version"] == _ray_version(), (
+            f"{name}: image {image!r} does not match the installed ray {_ray_version()}"
+        )
 
 
 def _shm_gb(options: list[str]) -> float:
@@ -162,11 +169,15 @@ def test_launcher_node_types(name):
         assert 0 <= t.get("min_workers", 0) <= t["max_workers"], f"{key}: min_workers/max_workers"
         assert t["max_workers"] >= 1, key
         assert t["resources"]["CPU"] >= 2 * t["resources"]["GPU"], f"{key}: CPUs for Ray Data beside each GPU"
-        options = docker.get("run_options", []) + t.get("docker", {}).get("worker_run_options", docker.get("worker_run_options", []))
+        options = docker.get("run_options", []) + t.get("docker", {}).get(
+            "worker_run_options", docker.get("worker_run_options", [])
+        )
         assert _shm_gb(options) >= 4, f"{key}: --shm-size for the object store"
         node = t["node_config"]
         if config["provider"]["type"] == "aws":
-            assert re.match(r"^(g4dn|g5|g6e?|p3|p4d|p5)\.", node["InstanceType"]), f"{key}: {node['InstanceType']} is not a GPU type"
+            assert re.match(r"^(g4dn|g5|g6e?|p3|p4d|p5)\.", node["InstanceType"]), (
+                f"{key}: {node['InstanceType']} is not a GPU type"
+            )
         else:
             assert node.get("guestAccelerators") or re.match(r"^(a2|a3|g2)-", node["machineType"]), f"{key}: no GPU"
             assert node["scheduling"]["onHostMaintenance"] == "TERMINATE", f"{key}: GPU VMs cannot live-migrate"
@@ -190,8 +201,12 @@ def test_launcher_security_defaults(name):
     head = _ray_start_commands(config["head_start_ray_commands"])
     assert len(head) == 1 and "--head" in head[0]
     assert LOOPBACK in head[0], "the dashboard/job server must listen on loopback"
-    assert all(re.search(r"\bRAY_AUTH_MODE=token\s+ray start\b", c) for k in ("head_start_ray_commands", "worker_start_ray_commands")
-               for c in config[k] if "ray start" in c), "every ray start runs with token auth"  # fmt: skip
+    assert all(
+        re.search(r"\bRAY_AUTH_MODE=token\s+ray start\b", c)
+        for k in ("head_start_ray_commands", "worker_start_ray_commands")
+        for c in config[k]
+        if "ray start" in c
+    ), "every ray start runs with token auth"
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token", "the same token on every node"
 
 
@@ -219,17 +234,22 @@ def check_ray_cluster_spec(spec: dict, where: str) -> None:
     assert spec["rayVersion"] == _ray_version(), f"{where}: rayVersion"
     assert spec.get("authOptions", {}).get("mode") == "token", f"{where}: token authentication"
     head = spec["headGroupSpec"]
-    assert head["rayStartParams"].get("num-cpus") == "0", f"{where}: head num-cpus must be the string \"0\""
+    assert head["rayStartParams"].get("num-cpus") == "0", f'{where}: head num-cpus must be the string "0"'
     assert head.get("serviceType", "ClusterIP") == "ClusterIP", f"{where}: the head service stays inside the cluster"
     for group in [head, *spec["workerGroupSpecs"]]:
         params = [f"--{k}={v}" for k, v in group.get("rayStartParams", {}).items()]
         _parse_ray(["start", *params])
 
-    gpu_groups = [g for g in spec["workerGroupSpecs"]
-                  if all(int(c["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1 for c in g["template"]["spec"]["containers"])]  # fmt: skip
+    gpu_groups = [
+        g
+        for g in spec["workerGroupSpecs"]
+        if all(int(c["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1 for c in g["template"]["spec"]["containers"])
+    ]
     assert gpu_groups, f"{where}: no worker group with nvidia.com/gpu limits"
     for g in spec["workerGroupSpecs"]:
-        assert 0 <= g["minReplicas"] <= g.get("replicas", g["minReplicas"]) <= g["maxReplicas"], f"{where}: {g['groupName']} replicas"
+        assert 0 <= g["minReplicas"] <= g.get("replicas", g["minReplicas"]) <= g["maxReplicas"], (
+            f"{where}: {g['groupName']} replicas"
+        )
 
     for group, pod in _pod_specs(spec):
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
@@ -238,7 +258,9 @@ def check_ray_cluster_spec(spec: dict, where: str) -> None:
             assert m and m["version"] == _ray_version(), f"{where}/{group}: image {c['image']}"
             shm = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/dev/shm"]
             assert shm, f"{where}/{group}: no /dev/shm mount"
-            assert volumes[shm[0]["name"]].get("emptyDir", {}).get("medium") == "Memory", f"{where}/{group}: /dev/shm must be a memory emptyDir"
+            assert volumes[shm[0]["name"]].get("emptyDir", {}).get("medium") == "Memory", (
+                f"{where}/{group}: /dev/shm must be a memory emptyDir"
+            )
 
 
 def test_kuberay_raycluster():
@@ -396,7 +418,9 @@ def check_ray_command(words: list[str], where: str) -> None:
         raise AssertionError(f"{where}: {shlex.join(words)}: {e.format_message()}") from None
     params = ctx.params
     if params.get("cluster_config_file"):
-        assert (REPO / params["cluster_config_file"]).is_file(), f"{where}: {params['cluster_config_file']} does not exist"
+        assert (REPO / params["cluster_config_file"]).is_file(), (
+            f"{where}: {params['cluster_config_file']} does not exist"
+        )
     if params.get("runtime_env"):
         assert (REPO / params["runtime_env"]).is_file(), f"{where}: {params['runtime_env']} does not exist"
     if ctx.info_name == "submit":
@@ -425,8 +449,17 @@ def test_guide_commands_parse(guide_commands):
             assert (REPO / path).is_file(), f"{where}: {path} does not exist"
             seen.add(f"kubectl apply {path}")
     # The guide goes all the way: cluster up, submit, follow, report, evaluate, KubeRay.
-    for step in ["road-ray prepare", "ray up", "ray dashboard", "ray job submit", "ray job logs", "road-ray report",
-                 "road-ray eval", "ray down", "kubectl apply cluster/kuberay-rayjob.yaml"]:  # fmt: skip
+    for step in [
+        "road-ray prepare",
+        "ray up",
+        "ray dashboard",
+        "ray job submit",
+        "ray job logs",
+        "road-ray report",
+        "road-ray eval",
+        "ray down",
+        "kubectl apply cluster/kuberay-rayjob.yaml",
+    ]:
         assert any(s.startswith(step) for s in seen), f"cluster/README.md has no `{step}` command"
 
 
@@ -440,7 +473,13 @@ def test_guide_mentions_only_existing_files(guide_commands):
 
 def test_guide_covers_the_security_defaults():
     text = (CLUSTER / "README.md").read_text()
-    for needle in ["RAY_AUTH_MODE=token", "ray get-auth-token --generate", LOOPBACK, "port-forward", "--max-concurrent"]:
+    for needle in [
+        "RAY_AUTH_MODE=token",
+        "ray get-auth-token --generate",
+        LOOPBACK,
+        "port-forward",
+        "--max-concurrent",
+    ]:
         assert needle in text, f"cluster/README.md does not mention {needle}"
 
 

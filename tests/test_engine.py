@@ -23,12 +23,20 @@ def tiny_config(**overrides) -> Config:
     apply_overrides(
         cfg,
         {
-            "model.pretrained": "none", "model.allow_untrained_teacher": True, "data.crop_size": 32,
-            "data.batch_source": 2, "data.batch_target": 2, "optim.max_iters": 6, "optim.lr": 0.01,
-            "run.eval_every": 3, "run.log_every": 1, "road.grid": "2x2", "road.lambda_spt": 0.1,
+            "model.pretrained": "none",
+            "model.allow_untrained_teacher": True,
+            "data.crop_size": 32,
+            "data.batch_source": 2,
+            "data.batch_target": 2,
+            "optim.max_iters": 6,
+            "optim.lr": 0.01,
+            "run.eval_every": 3,
+            "run.log_every": 1,
+            "road.grid": "2x2",
+            "road.lambda_spt": 0.1,
             **overrides,
         },
-    )  # fmt: skip
+    )
     return cfg.validate()
 
 
@@ -42,8 +50,13 @@ def synthetic_batches(size: int = 32, bs: int = 2, seed: int = 0):
         image = torch.randn(bs, 3, size, size, generator=g) * 0.1
         image[:, 0, : size // 2] += 1.0
         image[:, 1, size // 2 :] += 1.0
-        yield {"source_image": image, "source_label": label, "source_box": box,
-               "target_image": image.flip(-1) * 0.9, "target_box": box}  # fmt: skip
+        yield {
+            "source_image": image,
+            "source_label": label,
+            "source_box": box,
+            "target_image": image.flip(-1) * 0.9,
+            "target_box": box,
+        }
 
 
 def val_batches_factory(size: int = 32):
@@ -103,8 +116,15 @@ def test_checkpoint_is_atomic_and_checked(tmp_path):
     cfg = tiny_config()
     objective = build_objective(cfg, torch.device("cpu"))
     opt = build_optimizer(objective.student, objective.domain_classifiers, cfg.optim)
-    d = save_checkpoint(tmp_path / "ck", config=cfg, iteration=7, student=objective.student,
-                        domain_classifiers=objective.domain_classifiers, optimizer=opt, metrics={"miou": 1.5})  # fmt: skip
+    d = save_checkpoint(
+        tmp_path / "ck",
+        config=cfg,
+        iteration=7,
+        student=objective.student,
+        domain_classifiers=objective.domain_classifiers,
+        optimizer=opt,
+        metrics={"miou": 1.5},
+    )
     assert read_checkpoint_config(d).road.grid == "2x2"
     assert load_checkpoint(d)["iteration"] == 7
     assert json.loads((d / "meta.json").read_text())["metrics"]["miou"] == 1.5
@@ -144,16 +164,16 @@ def test_loop_loss_falls_reports_and_resumes(tmp_path):
     (tmp_path / "second").mkdir()
     ckpt = tmp_path / "checkpoint_0000006"
     assert load_checkpoint(ckpt)["optimizer"]["state"], "momentum buffers are saved"
-    train_loop(cfg2, synthetic_batches(), val_batches_factory(),
-               LoopHooks(report=rec2, resume_dir=ckpt, log=lambda s: None))  # fmt: skip
+    train_loop(
+        cfg2, synthetic_batches(), val_batches_factory(), LoopHooks(report=rec2, resume_dir=ckpt, log=lambda s: None)
+    )
     assert [r["iter"] for r in rec2.reports] == [12, 18]
 
 
 def test_seg_loss_falls_over_training(tmp_path):
     cfg = tiny_config(**{"optim.max_iters": 30, "run.eval_every": 30, "run.log_every": 1, "road.mode": "nonadapt"})
     seen = []
-    train_loop(cfg, synthetic_batches(), None,
-               LoopHooks(report=lambda m, c: None, log=lambda s: seen.append(s)))  # fmt: skip
+    train_loop(cfg, synthetic_batches(), None, LoopHooks(report=lambda m, c: None, log=lambda s: seen.append(s)))
     seg = [float(s.split("seg ")[1].split()[0]) for s in seen if s.startswith("[train] iter")]
     assert np.mean(seg[-5:]) < 0.7 * np.mean(seg[:5])
 
@@ -177,8 +197,11 @@ class _FakeValShard:
     def iter_batches(self, **_):
         self.executions += 1
         for i in range(self.n):
-            yield {"image": np.full((1, 3, self.size, self.size), i, np.float32),
-                   "label": np.zeros((1, self.size, self.size), np.int64), "id": np.array([f"v{i}"])}  # fmt: skip
+            yield {
+                "image": np.full((1, 3, self.size, self.size), i, np.float32),
+                "label": np.zeros((1, self.size, self.size), np.int64),
+                "id": np.array([f"v{i}"]),
+            }
 
 
 def test_validation_images_are_kept_after_the_first_complete_pass():

@@ -4,10 +4,21 @@ import subprocess
 import sys
 
 PLAIN_MODULES = [
-    "road_ray", "road_ray.config", "road_ray.labels", "road_ray.cli", "road_ray.models", "road_ray.road",
-    "road_ray.data.transforms", "road_ray.data.prepare", "road_ray.data.minicity", "road_ray.engine.loop",
-    "road_ray.engine.evaluate_cli", "road_ray.engine.pretrain", "road_ray.sweeps.space", "road_ray.sweeps.report",
-]  # fmt: skip
+    "road_ray",
+    "road_ray.config",
+    "road_ray.labels",
+    "road_ray.cli",
+    "road_ray.models",
+    "road_ray.road",
+    "road_ray.data.transforms",
+    "road_ray.data.prepare",
+    "road_ray.data.minicity",
+    "road_ray.engine.loop",
+    "road_ray.engine.evaluate_cli",
+    "road_ray.engine.pretrain",
+    "road_ray.sweeps.space",
+    "road_ray.sweeps.report",
+]
 
 
 def test_road_ray_imports_no_ray():

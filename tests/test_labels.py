@@ -26,5 +26,9 @@ def test_round_trip_to_label_ids_and_colours():
     assert L.cityscapes_to_trainid(L.trainid_to_cityscapes(train)).tolist() == train.tolist()
     assert L.trainid_to_cityscapes(np.array([255], dtype=np.uint8)).tolist() == [0]
     rgb = L.colorize(np.array([[0, 10, 255]], dtype=np.uint8))
-    assert rgb[0, 0].tolist() == [128, 64, 128] and rgb[0, 1].tolist() == [70, 130, 180] and rgb[0, 2].tolist() == [0, 0, 0]
+    assert (
+        rgb[0, 0].tolist() == [128, 64, 128]
+        and rgb[0, 1].tolist() == [70, 130, 180]
+        and rgb[0, 2].tolist() == [0, 0, 0]
+    )
     assert len(L.CLASS_NAMES) == len(L.PALETTE) == 19

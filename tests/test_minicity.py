@@ -15,15 +15,27 @@ from PIL import Image
 
 from road_ray.data import minicity
 from road_ray.data.minicity import (
-    MINICITY_VERSION, PRETRAIN_CLASSES, SIZES, read_pretrain_set, render, render_scene, sample_scene, write_minicity,
-)  # fmt: skip
+    MINICITY_VERSION,
+    PRETRAIN_CLASSES,
+    SIZES,
+    read_pretrain_set,
+    render,
+    render_scene,
+    sample_scene,
+    write_minicity,
+)
 from road_ray.data.minicity_render import rasterize
 from road_ray.data.shards import SHARD_SCHEMA, list_shard_files
 from road_ray.labels import CLASS_NAMES, NUM_CLASSES
 
 SKY, ROAD, PERSON, CAR, VEGETATION = (CLASS_NAMES.index(c) for c in ("sky", "road", "person", "car", "vegetation"))
-SEG_SPLITS = {"source_train": "source", "source_val": "source", "target_train": "target",
-              "target_val": "target", "target_train_labeled": "target"}  # fmt: skip
+SEG_SPLITS = {
+    "source_train": "source",
+    "source_val": "source",
+    "target_train": "target",
+    "target_val": "target",
+    "target_train_labeled": "target",
+}
 
 
 def scenes(n: int, style: str, h: int = 64, w: int = 128, seed: int = 0):
@@ -127,8 +139,10 @@ def test_same_scene_two_styles_same_labels_other_colours():
         assert np.array_equal(label_g, label_p)
         assert np.abs(game.astype(int) - photo.astype(int)).mean() > 20
         # game: one flat colour per object (no noise); photo: textures, light and sensor noise
-        assert np.median(cv2.Laplacian(photo[..., 1], cv2.CV_32F)[label_g == ROAD] ** 2) > \
-            5 * np.median(cv2.Laplacian(game[..., 1], cv2.CV_32F)[label_g == ROAD] ** 2) + 1  # fmt: skip
+        assert (
+            np.median(cv2.Laplacian(photo[..., 1], cv2.CV_32F)[label_g == ROAD] ** 2)
+            > 5 * np.median(cv2.Laplacian(game[..., 1], cv2.CV_32F)[label_g == ROAD] ** 2) + 1
+        )
         for style, image in (("game", game), ("photo", photo)):
             sat = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)[..., 1]
             for cls in (VEGETATION, CAR, SKY):
@@ -147,9 +161,13 @@ def test_splits_rows_schema_and_domains(small):
     assert manifest["dataset"] == "minicity" and manifest["version"] == MINICITY_VERSION
     assert manifest["size"] == "small" and manifest["seed"] == 0 and manifest["label_space"] == "cityscapes19"
     assert manifest["skipped"] == [] and manifest["pretrain_classes"] == list(PRETRAIN_CLASSES)
-    expected_rows = {"source_train": spec.source_train, "source_val": spec.source_val,
-                     "target_train": spec.target_train, "target_val": spec.target_val,
-                     "target_train_labeled": spec.target_train}  # fmt: skip
+    expected_rows = {
+        "source_train": spec.source_train,
+        "source_val": spec.source_val,
+        "target_train": spec.target_train,
+        "target_val": spec.target_val,
+        "target_train_labeled": spec.target_train,
+    }
     for split, domain in SEG_SPLITS.items():
         files = list_shard_files(str(small / split))
         assert all(pq.read_schema(f).equals(SHARD_SCHEMA) for f in files)

@@ -18,7 +18,14 @@ H, W = 33, 25  # odd, unequal, not multiples of 8: a transposed or floor-vs-ceil
 RESNET = {"layer1": (256, 4), "layer2": (512, 8), "layer3": (1024, 8), "layer4": (2048, 8), "out": (2048, 8)}
 EXPECTED_TAPS = {
     "small": {"layer1": (32, 4), "layer2": (64, 8), "layer3": (128, 8), "layer4": (256, 8), "out": (256, 8)},
-    "vgg16": {"conv1": (64, 1), "conv2": (128, 2), "conv3": (256, 4), "conv4": (512, 8), "conv5": (512, 8), "out": (512, 8)},
+    "vgg16": {
+        "conv1": (64, 1),
+        "conv2": (128, 2),
+        "conv3": (256, 4),
+        "conv4": (512, 8),
+        "conv5": (512, 8),
+        "out": (512, 8),
+    },
     "resnet50": RESNET,
     "resnet101": RESNET,
 }

@@ -90,10 +90,13 @@ class TwoNodeCluster:
         for var in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):
             env.pop(var, None)
         env.update(
-            RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_TRAIN_V2_ENABLED="1",
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN_PATH=str(token),
+            RAY_TRAIN_V2_ENABLED="1",
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # the job's `python` is this venv's
-            ROAD_RAY_HOME=str(base / "home"), PYTHONUNBUFFERED="1",
-        )  # fmt: skip
+            ROAD_RAY_HOME=str(base / "home"),
+            PYTHONUNBUFFERED="1",
+        )
         self.env = env
         self.procs: list[subprocess.Popen] = []
         self.logs: list = []
@@ -102,23 +105,45 @@ class TwoNodeCluster:
         out = open(self.base / log, "w")
         self.logs.append(out)
         self.procs.append(
-            subprocess.Popen([RAY, "start", "--block", *args], env=self.env, stdout=out,
-                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            subprocess.Popen(
+                [RAY, "start", "--block", *args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         )
 
     def start_head(self) -> None:
-        self._start_node([
-            "--head", f"--port={self.port}", f"--num-cpus={NODE_CPUS}", '--resources={"node_head": 1}',
-            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-            f"--ray-client-server-port={_free_port()}", *_agent_ports(),
-            f"--temp-dir={self.base / 'head'}", f"--object-store-memory={OBJECT_STORE_BYTES}",
-        ], "head.log")  # fmt: skip
+        self._start_node(
+            [
+                "--head",
+                f"--port={self.port}",
+                f"--num-cpus={NODE_CPUS}",
+                '--resources={"node_head": 1}',
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
+                f"--ray-client-server-port={_free_port()}",
+                *_agent_ports(),
+                f"--temp-dir={self.base / 'head'}",
+                f"--object-store-memory={OBJECT_STORE_BYTES}",
+            ],
+            "head.log",
+        )
 
     def start_worker(self) -> None:
-        self._start_node([
-            f"--address=127.0.0.1:{self.port}", f"--num-cpus={NODE_CPUS}", '--resources={"node_worker": 1}',
-            *_agent_ports(), f"--temp-dir={self.base / 'worker'}", f"--object-store-memory={OBJECT_STORE_BYTES}",
-        ], "worker.log")  # fmt: skip
+        self._start_node(
+            [
+                f"--address=127.0.0.1:{self.port}",
+                f"--num-cpus={NODE_CPUS}",
+                '--resources={"node_worker": 1}',
+                *_agent_ports(),
+                f"--temp-dir={self.base / 'worker'}",
+                f"--object-store-memory={OBJECT_STORE_BYTES}",
+            ],
+            "worker.log",
+        )
 
     def wait_for(self, resource: str, log: str, timeout: float = 150.0) -> None:
         """Until the node logging to ``log`` started and ``ray status`` shows its ``resource``.
@@ -146,8 +171,15 @@ class TwoNodeCluster:
             time.sleep(1.0 if started else 0.5)
 
     def run(self, cmd: list[str], timeout: float, check: bool = True, **kw) -> subprocess.CompletedProcess:
-        r = subprocess.run(cmd, env=kw.pop("env", self.env), cwd=kw.pop("cwd", REPO), capture_output=True,
-                           text=True, timeout=timeout, **kw)  # fmt: skip
+        r = subprocess.run(
+            cmd,
+            env=kw.pop("env", self.env),
+            cwd=kw.pop("cwd", REPO),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
         if check and r.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} -> {r.returncode}\n{r.stdout[-6000:]}\n{r.stderr[-6000:]}")
         return r
@@ -313,10 +345,26 @@ def sweep(cluster: TwoNodeCluster) -> Sweep:
     # Results on a URI too (Tune's state, the reports, the Train checkpoints), as on s3://.
     storage = f"file://{cluster.base}/bucket/sweeps"
     job = cluster.run(
-        [RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", ".", "--",
-         "python", "tune.py", "--space", str(space), "--storage", storage, "--name", "two-nodes"],
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            cluster.dashboard,
+            "--working-dir",
+            ".",
+            "--",
+            "python",
+            "tune.py",
+            "--space",
+            str(space),
+            "--storage",
+            storage,
+            "--name",
+            "two-nodes",
+        ],
         timeout=480,
-    )  # fmt: skip
+    )
     assert "Best trial:" in job.stdout, job.stdout[-4000:]
     return Sweep(shards, f"{storage}/two-nodes", job.stdout)
 
@@ -346,10 +394,21 @@ def test_the_trial_trains_on_both_nodes(cluster: TwoNodeCluster, sweep: Sweep):
 def _eval(cluster: TwoNodeCluster, experiment: str, shards: str) -> dict:
     out = cluster.base / f"eval-{time.monotonic_ns()}.json"
     cluster.run(
-        [ROAD_RAY, "eval", "--experiment", experiment, "--best", "--shards", f"{shards}/target_val",
-         "--max-images", "2", "--json", str(out)],
+        [
+            ROAD_RAY,
+            "eval",
+            "--experiment",
+            experiment,
+            "--best",
+            "--shards",
+            f"{shards}/target_val",
+            "--max-images",
+            "2",
+            "--json",
+            str(out),
+        ],
         timeout=180,
-    )  # fmt: skip
+    )
     return json.loads(out.read_text())
 
 
@@ -369,13 +428,30 @@ def test_smoke_sweep_submitted_as_a_job_then_eval_best(cluster: TwoNodeCluster):
 
     storage = cluster.base / "smoke-results"
     job = cluster.run(
-        [RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", ".", "--",
-         "python", "tune.py", "--smoke", "--storage", str(storage), "--name", "smoke"],
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            cluster.dashboard,
+            "--working-dir",
+            ".",
+            "--",
+            "python",
+            "tune.py",
+            "--smoke",
+            "--storage",
+            str(storage),
+            "--name",
+            "smoke",
+        ],
         timeout=600,
-    )  # fmt: skip
+    )
     assert "Best trial:" in job.stdout and f"road-ray eval --experiment {storage / 'smoke'} --best" in job.stdout
     out = cluster.base / "smoke-eval.json"
-    cluster.run([ROAD_RAY, "eval", "--experiment", str(storage / "smoke"), "--best", "--max-images", "4",
-                 "--json", str(out)], timeout=180)  # fmt: skip
+    cluster.run(
+        [ROAD_RAY, "eval", "--experiment", str(storage / "smoke"), "--best", "--max-images", "4", "--json", str(out)],
+        timeout=180,
+    )
     scores = json.loads(out.read_text())
     assert scores["checkpoint"] == best_checkpoint(storage / "smoke") and 0.0 <= scores["miou"] <= 100.0

@@ -46,15 +46,35 @@ def test_train_and_eval_on_uri_storage(bucket, ray_session, tmp_path, capsys):
     from road_ray.cli import main
 
     shards = f"{bucket}/minicity"
-    code = main([
-        "train", "--smoke", "--storage", f"{bucket}/runs", "--name", "uri-smoke",
-        "--set", f"data.source={shards}/source_train", "--set", f"data.target={shards}/target_train",
-        "--set", f"data.target_val={shards}/target_val",
-        # storage is the point here, not the small backbone's pretraining cache
-        "--set", "model.pretrained=none", "--set", "model.allow_untrained_teacher=true",
-        "--set", "run.max_failures=0", "--set", "optim.max_iters=2", "--set", "run.eval_every=2",
-        "--set", "data.max_val_images=2",
-    ])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--smoke",
+            "--storage",
+            f"{bucket}/runs",
+            "--name",
+            "uri-smoke",
+            "--set",
+            f"data.source={shards}/source_train",
+            "--set",
+            f"data.target={shards}/target_train",
+            "--set",
+            f"data.target_val={shards}/target_val",
+            # storage is the point here, not the small backbone's pretraining cache
+            "--set",
+            "model.pretrained=none",
+            "--set",
+            "model.allow_untrained_teacher=true",
+            "--set",
+            "run.max_failures=0",
+            "--set",
+            "optim.max_iters=2",
+            "--set",
+            "run.eval_every=2",
+            "--set",
+            "data.max_val_images=2",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
@@ -66,8 +86,19 @@ def test_train_and_eval_on_uri_storage(bucket, ray_session, tmp_path, capsys):
     assert Path(summary["checkpoint"].removeprefix("file://"), "checkpoint.pt").is_file()
 
     scores_file = tmp_path / "eval.json"
-    code = main(["eval", "--checkpoint", summary["checkpoint"], "--shards", f"{shards}/target_val",
-                 "--max-images", "2", "--json", str(scores_file)])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            "--checkpoint",
+            summary["checkpoint"],
+            "--shards",
+            f"{shards}/target_val",
+            "--max-images",
+            "2",
+            "--json",
+            str(scores_file),
+        ]
+    )
     assert code == 0, capsys.readouterr().err[-3000:]
     scores = json.loads(scores_file.read_text())
     assert 0.0 <= scores["miou"] <= 100.0 and set(scores["iou"]) >= {"road", "sky"}

@@ -17,10 +17,74 @@ from road_ray.data.prepare import DATASETS, prepare_dataset
 H, W = 16, 32
 
 # One label row: the 19 ids of the table in trainId order, then 13 ids outside it.
-CITYSCAPES_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33,
-                  0, 1, 4, 6, 9, 10, 14, 15, 16, 18, 29, 30, 34]  # fmt: skip
-SYNTHIA_IDS = [3, 4, 2, 21, 5, 7, 15, 9, 6, 16, 1, 10, 17, 8, 18, 19, 20, 12, 11,
-               0, 13, 14, 22, 23, 40, 255, 259, 260, 300, 1000, 4096, 65535]  # fmt: skip
+CITYSCAPES_IDS = [
+    7,
+    8,
+    11,
+    12,
+    13,
+    17,
+    19,
+    20,
+    21,
+    22,
+    23,
+    24,
+    25,
+    26,
+    27,
+    28,
+    31,
+    32,
+    33,
+    0,
+    1,
+    4,
+    6,
+    9,
+    10,
+    14,
+    15,
+    16,
+    18,
+    29,
+    30,
+    34,
+]
+SYNTHIA_IDS = [
+    3,
+    4,
+    2,
+    21,
+    5,
+    7,
+    15,
+    9,
+    6,
+    16,
+    1,
+    10,
+    17,
+    8,
+    18,
+    19,
+    20,
+    12,
+    11,
+    0,
+    13,
+    14,
+    22,
+    23,
+    40,
+    255,
+    259,
+    260,
+    300,
+    1000,
+    4096,
+    65535,
+]
 # 259 = 256 + 3 and 260 = 256 + 4: only a true 16-bit read maps them to 255 (not road/sidewalk).
 EXPECTED_TRAINIDS = list(range(19)) + [255] * 13
 
@@ -148,8 +212,11 @@ def test_cityscapes_rows_ids_and_labels(prepared):
     assert set(manifest["splits"]) == {"train", "val"}  # the test split is left out
     train, val = rows_of(out, "train"), rows_of(out, "val")
     assert [r["id"] for r in train] == [
-        "aachen_000000_000019", "aachen_000001_000019", "bochum_000000_000100", "dusseldorf_000000_000001",
-    ]  # fmt: skip
+        "aachen_000000_000019",
+        "aachen_000001_000019",
+        "bochum_000000_000100",
+        "dusseldorf_000000_000001",
+    ]
     assert [r["id"] for r in val] == ["frankfurt_000000_000294", "lindau_000000_000019"]
     assert manifest["splits"]["train"]["rows"] == manifest["splits"]["train"]["labeled_rows"] == 4
     assert manifest["splits"]["val"]["rows"] == 2
@@ -193,8 +260,13 @@ def test_gta5_reads_palette_indices_and_pairs_by_stem(prepared):
         assert row["domain"] == "source" and row["split"] == "train"
         assert (decode(row["label"]) == np.array(EXPECTED_TRAINIDS, np.uint8)).all()
     reasons = skipped_reasons(manifest)
-    assert set(reasons) == {"labels/00007.png", "images/00008.png", "labels/00011.png", "images/00012.png",
-                            "labels/00013.png"}  # fmt: skip
+    assert set(reasons) == {
+        "labels/00007.png",
+        "images/00008.png",
+        "labels/00011.png",
+        "images/00012.png",
+        "labels/00013.png",
+    }
     assert "label without an image" in reasons["labels/00007.png"]
     assert "image without a label" in reasons["images/00008.png"]
     assert "31x16" in reasons["labels/00011.png"] and "32x16" in reasons["labels/00011.png"]
@@ -317,7 +389,9 @@ def test_shard_parts_hold_at_most_max_rows(tmp_path):
         for i in range(300):
             writer.write({**row, "id": f"{i:03d}"})
     parts = sorted((tmp_path / "s").glob("part-*.parquet"))
-    groups = [[m.row_group(g).num_rows for g in range(m.num_row_groups)] for m in (pq.ParquetFile(p).metadata for p in parts)]
+    groups = [
+        [m.row_group(g).num_rows for g in range(m.num_row_groups)] for m in (pq.ParquetFile(p).metadata for p in parts)
+    ]
     assert groups == [[50, 50, 28], [50, 50, 28], [44]]
     assert [r["id"] for r in shards.iter_rows(str(tmp_path / "s"))] == [f"{i:03d}" for i in range(300)]
     with pytest.raises(ValueError, match="max_rows >= 1"):

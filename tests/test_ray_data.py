@@ -58,8 +58,14 @@ def shards(tmp_path_factory):
 @pytest.fixture
 def cfg():
     # one pass per execution, so that the epochs below are passes over the 13 / 12 rows
-    return DataConfig(crop_size=CROP, batch_source=2, batch_target=3, cpus_per_map_task=0.5, prefetch_batches=1,
-                      min_rows_per_execution=0)  # fmt: skip
+    return DataConfig(
+        crop_size=CROP,
+        batch_source=2,
+        batch_target=3,
+        cpus_per_map_task=0.5,
+        prefetch_batches=1,
+        min_rows_per_execution=0,
+    )
 
 
 def streams(shards, cfg, seed=0):

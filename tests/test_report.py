@@ -16,8 +16,13 @@ KEYS = ["road.lambda_dist", "road.lambda_spt", "road.grid", "model.teacher_layer
 
 
 def _trial(trial_id, l1, l2, grid, layer, mious, status="TERMINATED", error=None):
-    return {"id": trial_id, "params": dict(zip(KEYS, (l1, l2, grid, layer))), "mious": mious, "status": status,
-            "error": error}  # fmt: skip
+    return {
+        "id": trial_id,
+        "params": dict(zip(KEYS, (l1, l2, grid, layer))),
+        "mious": mious,
+        "status": status,
+        "error": error,
+    }
 
 
 TRIALS = [
@@ -25,8 +30,16 @@ TRIALS = [
     _trial("aaa00002", 0.5, 0.3, "2x2", "layer3", [22.0, 31.5, 30.0]),  # best evaluation: 31.5 at iter 20
     _trial("aaa00003", 0.02, 0.002, "1x1", "layer2", [15.0]),  # stopped early by ASHA at iter 10
     _trial("aaa00004", 0.9, 0.9, "2x1", "layer4", [18.0, 24.0, 26.0]),
-    _trial("aaa00005", 5.0, 0.5, "3x3", "layer3", [], status="ERROR",
-           error="road_ray.engine.loop.TrainingDiverged: loss became nan at iteration 4"),  # fmt: skip
+    _trial(
+        "aaa00005",
+        5.0,
+        0.5,
+        "3x3",
+        "layer3",
+        [],
+        status="ERROR",
+        error="road_ray.engine.loop.TrainingDiverged: loss became nan at iteration 4",
+    ),
 ]
 
 
@@ -46,11 +59,21 @@ def make_experiment(root: Path, trials=TRIALS, metric="miou", mode="max") -> Pat
             ckpt = train_runs / f"{t['id']}-run" / f"checkpoint_{it:07d}"
             ckpt.mkdir(parents=True)
             (ckpt / "marker.txt").write_text(f"{t['id']} {it}")
-            lines.append(json.dumps({
-                "iter": it, "miou": miou, "source_val_miou": 60.0 + i, "target_entropy": 1.0 / i,
-                "checkpoint_path": str(ckpt), "trial_id": t["id"], "training_iteration": i, "done": False,
-                "config": t["params"],
-            }))  # fmt: skip
+            lines.append(
+                json.dumps(
+                    {
+                        "iter": it,
+                        "miou": miou,
+                        "source_val_miou": 60.0 + i,
+                        "target_entropy": 1.0 / i,
+                        "checkpoint_path": str(ckpt),
+                        "trial_id": t["id"],
+                        "training_iteration": i,
+                        "done": False,
+                        "config": t["params"],
+                    }
+                )
+            )
         (d / "result.json").write_text("\n".join(lines) + ("\n" if lines else ""))
         if t["error"]:
             (d / "error.txt").write_text(f"Failure # 1\nTraceback...\n{t['error']}\n")
@@ -59,9 +82,13 @@ def make_experiment(root: Path, trials=TRIALS, metric="miou", mode="max") -> Pat
         trial_data.append([json.dumps(state), json.dumps(meta)])
     (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
     record = {
-        "metric": metric, "mode": mode, "searched_keys": KEYS, "space_file": "search_spaces/minicity.yaml",
-        "base_config": {"optim": {"max_iters": MAX_ITERS}}, "train_storage": str(train_runs),
-    }  # fmt: skip
+        "metric": metric,
+        "mode": mode,
+        "searched_keys": KEYS,
+        "space_file": "search_spaces/minicity.yaml",
+        "base_config": {"optim": {"max_iters": MAX_ITERS}},
+        "train_storage": str(train_runs),
+    }
     (exp / results.SWEEP_RECORD).write_text(json.dumps(record))
     return exp
 
@@ -116,8 +143,13 @@ def test_write_report_writes_table_and_pngs(tmp_path):
     md = (out / "report.md").read_text()
     assert "| trial |" in md and "mIoU (oracle)" in md and "diverged" in md
     assert "**Best trial:** `aaa00002`" in md and "road-ray eval --experiment" in md
-    expected = ["miou_vs_lambda_dist.png", "miou_vs_lambda_spt.png", "miou_per_grid.png",
-                "miou_per_teacher_layer.png", "param_importance.png"]  # fmt: skip
+    expected = [
+        "miou_vs_lambda_dist.png",
+        "miou_vs_lambda_spt.png",
+        "miou_per_grid.png",
+        "miou_per_teacher_layer.png",
+        "param_importance.png",
+    ]
     for name in expected:
         png = out / name
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

@@ -40,8 +40,14 @@ def expect_error(data, *fragments):
 
 def test_all_spaces_are_shipped():
     names = {p.stem for p in SHIPPED}
-    assert {"minicity", "smoke", "grid_ablation", "gta5_deeplab_vgg16", "gta5_pspnet_resnet101",
-            "synthia_deeplab_vgg16"} <= names  # fmt: skip
+    assert {
+        "minicity",
+        "smoke",
+        "grid_ablation",
+        "gta5_deeplab_vgg16",
+        "gta5_pspnet_resnet101",
+        "synthia_deeplab_vgg16",
+    } <= names
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
@@ -76,9 +82,11 @@ def test_smoke_space_uses_the_smoke_sizes():
 
 
 def test_paper_spaces_use_the_paper_setup_and_placeholders():
-    for name, backbone, label_space in [("gta5_deeplab_vgg16", "vgg16", "cityscapes19"),
-                                        ("gta5_pspnet_resnet101", "resnet101", "cityscapes19"),
-                                        ("synthia_deeplab_vgg16", "vgg16", "synthia16")]:  # fmt: skip
+    for name, backbone, label_space in [
+        ("gta5_deeplab_vgg16", "vgg16", "cityscapes19"),
+        ("gta5_pspnet_resnet101", "resnet101", "cityscapes19"),
+        ("synthia_deeplab_vgg16", "vgg16", "synthia16"),
+    ]:
         base = load_space(name).base_config()
         assert base.model.backbone == backbone and base.data.label_space == label_space
         assert base.data.crop_size == 321 and base.data.batch_source == base.data.batch_target == 5
@@ -110,10 +118,13 @@ def test_not_yaml_names_the_file(tmp_path):
 
 
 def test_error_from_a_file_names_file_and_key(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         params:
           road.lamda_dist: {loguniform: {low: 0.01, high: 1}}
-    """)
+    """,
+    )
     with pytest.raises(SpaceError, match=rf"{path}: params.road.lamda_dist: unknown config key"):
         load_space(path)
 
@@ -129,19 +140,28 @@ def test_unknown_config_key_suggests():
 
 
 def test_unknown_distribution():
-    expect_error({"params": {"road.lambda_dist": {"normal": {"low": 0, "high": 1}}}},
-                 "params.road.lambda_dist", "unknown distribution 'normal'")  # fmt: skip
+    expect_error(
+        {"params": {"road.lambda_dist": {"normal": {"low": 0, "high": 1}}}},
+        "params.road.lambda_dist",
+        "unknown distribution 'normal'",
+    )
 
 
 def test_low_above_high():
-    expect_error({"params": {"road.lambda_dist": {"uniform": {"low": 0.5, "high": 0.1}}}},
-                 "params.road.lambda_dist", "low (0.5) > high (0.1)")  # fmt: skip
+    expect_error(
+        {"params": {"road.lambda_dist": {"uniform": {"low": 0.5, "high": 0.1}}}},
+        "params.road.lambda_dist",
+        "low (0.5) > high (0.1)",
+    )
 
 
 @pytest.mark.parametrize("low", [0, -0.1])
 def test_loguniform_needs_positive_low(low):
-    expect_error({"params": {"road.lambda_spt": {"loguniform": {"low": low, "high": 1}}}},
-                 "params.road.lambda_spt.low", "loguniform needs low > 0")  # fmt: skip
+    expect_error(
+        {"params": {"road.lambda_spt": {"loguniform": {"low": low, "high": 1}}}},
+        "params.road.lambda_spt.low",
+        "loguniform needs low > 0",
+    )
 
 
 def test_bounds_must_be_numbers_and_complete():
@@ -150,21 +170,30 @@ def test_bounds_must_be_numbers_and_complete():
 
 
 def test_negative_uniform_is_rejected_by_the_config():
-    expect_error({"params": {"road.lambda_dist": {"uniform": {"low": -1, "high": 1}}}},
-                 "params.road.lambda_dist", "rejected by the config", ">= 0")  # fmt: skip
+    expect_error(
+        {"params": {"road.lambda_dist": {"uniform": {"low": -1, "high": 1}}}},
+        "params.road.lambda_dist",
+        "rejected by the config",
+        ">= 0",
+    )
 
 
 def test_grid_that_does_not_parse():
-    expect_error({"params": {"road.grid": {"choice": {"values": ["3x3", "3by3"]}}}},
-                 "params.road.grid", "'3by3'", "HxW")  # fmt: skip
+    expect_error(
+        {"params": {"road.grid": {"choice": {"values": ["3x3", "3by3"]}}}}, "params.road.grid", "'3by3'", "HxW"
+    )
     expect_error(minimal(fixed={"road.grid": "0x2"}), "fixed.road.grid", "HxW")
 
 
 def test_choice_value_rejected_by_the_config():
     expect_error({"params": {"road.mode": {"choice": ["road", "adapt"]}}}, "params.road.mode", "'adapt'", "nonadapt")
     # a teacher layer the backbone does not have
-    expect_error({"params": {"model.teacher_layer": {"choice": ["layer4", "conv5"]}}},
-                 "params.model.teacher_layer", "'conv5'", "layer4")  # fmt: skip
+    expect_error(
+        {"params": {"model.teacher_layer": {"choice": ["layer4", "conv5"]}}},
+        "params.model.teacher_layer",
+        "'conv5'",
+        "layer4",
+    )
 
 
 def test_fixed_value_rejected_by_the_config():
@@ -185,24 +214,37 @@ def test_reserved_keys():
 
 
 def test_point_with_unknown_key():
-    expect_error(minimal(points_to_evaluate=[{"road.lambda_distt": 0.1}]),
-                 "points_to_evaluate[0].road.lambda_distt", "unknown config key")  # fmt: skip
-    expect_error(minimal(points_to_evaluate=[{"road.lambda_spt": 0.1}]),
-                 "points_to_evaluate[0].road.lambda_spt", "not a searched parameter")  # fmt: skip
+    expect_error(
+        minimal(points_to_evaluate=[{"road.lambda_distt": 0.1}]),
+        "points_to_evaluate[0].road.lambda_distt",
+        "unknown config key",
+    )
+    expect_error(
+        minimal(points_to_evaluate=[{"road.lambda_spt": 0.1}]),
+        "points_to_evaluate[0].road.lambda_spt",
+        "not a searched parameter",
+    )
 
 
 def test_point_outside_the_distribution():
-    expect_error(minimal(points_to_evaluate=[{"road.lambda_dist": 5.0}]), "points_to_evaluate[0].road.lambda_dist",
-                 "outside loguniform")  # fmt: skip
+    expect_error(
+        minimal(points_to_evaluate=[{"road.lambda_dist": 5.0}]),
+        "points_to_evaluate[0].road.lambda_dist",
+        "outside loguniform",
+    )
 
 
 def test_point_missing_keys_take_the_fixed_value():
-    space = space_from_dict({
-        "fixed": {"road.lambda_spt": 0.3},
-        "params": {"road.lambda_dist": {"loguniform": {"low": 0.01, "high": 1}},
-                   "road.lambda_spt": {"loguniform": {"low": 0.001, "high": 1}}},
-        "points_to_evaluate": [{"road.lambda_dist": 0.1}],
-    })  # fmt: skip
+    space = space_from_dict(
+        {
+            "fixed": {"road.lambda_spt": 0.3},
+            "params": {
+                "road.lambda_dist": {"loguniform": {"low": 0.01, "high": 1}},
+                "road.lambda_spt": {"loguniform": {"low": 0.001, "high": 1}},
+            },
+            "points_to_evaluate": [{"road.lambda_dist": 0.1}],
+        }
+    )
     assert space.points_to_evaluate == [{"road.lambda_dist": 0.1, "road.lambda_spt": 0.3}]
 
 
@@ -226,16 +268,23 @@ def test_grid_form_errors():
 
 
 def test_valid_space_is_typed_and_round_trips():
-    space = space_from_dict({
-        "metric": "target_entropy", "num_samples": 5, "max_concurrent": 2, "seed": 7,
-        "scheduler": {"grace_period": 50, "reduction_factor": 3},
-        "fixed": {"optim.max_iters": 200},
-        "params": {"road.lambda_dist": {"loguniform": {"low": 0.01, "high": 1}},
-                   "road.grid": {"choice": {"values": ["1x1", "3x3"]}},
-                   "run.seed": {"randint": {"low": 0, "high": 3}},
-                   "optim.lr": {"uniform": {"low": 1e-4, "high": 1e-3}},
-                   "model.teacher_layer": "layer3"},
-    })  # fmt: skip
+    space = space_from_dict(
+        {
+            "metric": "target_entropy",
+            "num_samples": 5,
+            "max_concurrent": 2,
+            "seed": 7,
+            "scheduler": {"grace_period": 50, "reduction_factor": 3},
+            "fixed": {"optim.max_iters": 200},
+            "params": {
+                "road.lambda_dist": {"loguniform": {"low": 0.01, "high": 1}},
+                "road.grid": {"choice": {"values": ["1x1", "3x3"]}},
+                "run.seed": {"randint": {"low": 0, "high": 3}},
+                "optim.lr": {"uniform": {"low": 1e-4, "high": 1e-3}},
+                "model.teacher_layer": "layer3",
+            },
+        }
+    )
     assert space.mode == "min" and space.max_concurrent == 2 and space.seed == 7
     assert space.params["road.grid"] == Param("road.grid", "choice", values=("1x1", "3x3"))
     assert space.params["run.seed"].kind == "randint"

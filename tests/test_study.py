@@ -93,8 +93,14 @@ def test_oracle_trains_on_the_labelled_target_split(road_ray_home):
 # ---------------------------------------------------------------------------------------
 # The report of a study, on a synthetic experiment folder
 
-MIOU = {("nonadapt", 0): 10.0, ("nonadapt", 1): 12.0, ("road", 0): 15.0, ("road", 1): 17.0,
-        ("oracle", 0): 30.0, ("oracle", 1): 32.0}  # fmt: skip
+MIOU = {
+    ("nonadapt", 0): 10.0,
+    ("nonadapt", 1): 12.0,
+    ("road", 0): 15.0,
+    ("road", 1): 17.0,
+    ("oracle", 0): 30.0,
+    ("oracle", 1): 32.0,
+}
 
 
 def make_study_experiment(root: Path) -> Path:
@@ -108,15 +114,31 @@ def make_study_experiment(root: Path) -> Path:
         d.mkdir()
         (d / "params.json").write_text(json.dumps(params))
         miou = MIOU[(params["point"], params["run.seed"])]
-        rows = [{"iter": 3, "miou": miou - 5, "trial_id": trial_id, "timestamp": 1000 + i},
-                {"iter": 6, "miou": miou, "iou/road": miou + 40, "iou/car": miou - 5, "source_val_miou": 50.0,
-                 "target_entropy": 1.0 / miou, "trial_id": trial_id, "timestamp": 1100 + i}]  # fmt: skip
+        rows = [
+            {"iter": 3, "miou": miou - 5, "trial_id": trial_id, "timestamp": 1000 + i},
+            {
+                "iter": 6,
+                "miou": miou,
+                "iou/road": miou + 40,
+                "iou/car": miou - 5,
+                "source_val_miou": 50.0,
+                "target_entropy": 1.0 / miou,
+                "trial_id": trial_id,
+                "timestamp": 1100 + i,
+            },
+        ]
         (d / "result.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
         state = {"trial_id": trial_id, "status": "TERMINATED", "relative_logdir": d.name, "config": params}
         trial_data.append([json.dumps(state), json.dumps({})])
     (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
-    record = {"metric": "miou", "mode": "max", "searched_keys": space.searched_keys, "space": space.to_dict(),
-              "base_config": {"optim": {"max_iters": 6}}, "created_unix": 900.0}  # fmt: skip
+    record = {
+        "metric": "miou",
+        "mode": "max",
+        "searched_keys": space.searched_keys,
+        "space": space.to_dict(),
+        "base_config": {"optim": {"max_iters": 6}},
+        "created_unix": 900.0,
+    }
     (exp / results.SWEEP_RECORD).write_text(json.dumps(record))
     return exp
 
@@ -149,8 +171,11 @@ def test_proxies_against_the_oracle_and_the_paper_point(tmp_path):
 
     exp_dir = make_experiment(tmp_path)
     record = json.loads((exp_dir / results.SWEEP_RECORD).read_text())
-    record["space"] = {"points_to_evaluate": [{"road.lambda_dist": 0.1, "road.lambda_spt": 0.01, "road.grid": "3x3",
-                                               "model.teacher_layer": "layer4"}]}  # fmt: skip
+    record["space"] = {
+        "points_to_evaluate": [
+            {"road.lambda_dist": 0.1, "road.lambda_spt": 0.01, "road.grid": "3x3", "model.teacher_layer": "layer4"}
+        ]
+    }
     (exp_dir / results.SWEEP_RECORD).write_text(json.dumps(record))
     exp = read_experiment(exp_dir)
     # last evaluations: aaa00002 30.0 (best), aaa00001 27.0, aaa00004 26.0, aaa00003 15.0 (stopped)
@@ -180,12 +205,17 @@ def test_tiny_study_end_to_end(ray_session, road_ray_home, tmp_path):
     from road_ray.on_ray.tune import run_sweep
 
     tiny = {
-        "smoke": True, "fixed": {"optim.max_iters": 3, "run.eval_every": 3},
+        "smoke": True,
+        "fixed": {"optim.max_iters": 3, "run.eval_every": 3},
         "points": {"nonadapt": {"road.mode": "nonadapt"}, "oracle": {"road.mode": "oracle"}},
-        "grid": {"run.seed": [0]}, "baseline": "nonadapt", "upper_bound": "oracle",
-        "studies": {"t1": {"title": "Table 1", "form": "table", "points": {"NonAdapt": "nonadapt", "Oracle": "oracle"}},
-                    "f": {"title": "Fig", "form": "bars", "points": ["nonadapt", "oracle"]}},
-    }  # fmt: skip
+        "grid": {"run.seed": [0]},
+        "baseline": "nonadapt",
+        "upper_bound": "oracle",
+        "studies": {
+            "t1": {"title": "Table 1", "form": "table", "points": {"NonAdapt": "nonadapt", "Oracle": "oracle"}},
+            "f": {"title": "Fig", "form": "bars", "points": ["nonadapt", "oracle"]},
+        },
+    }
     space = tmp_path / "tiny_study.yaml"
     space.write_text(yaml.safe_dump(tiny))
     outcome = run_sweep(str(space), storage=str(tmp_path / "results"), name="tiny", log=lambda *_: None)
@@ -201,5 +231,7 @@ def test_tiny_study_end_to_end(ray_session, road_ray_home, tmp_path):
     md = (out / "report.md").read_text()
     assert "### Table 1" in md and "| NonAdapt |" in md and "| Oracle |" in md and (out / "study_f.png").is_file()
     study = json.loads((out / "study.json").read_text())
-    assert all(study["points"][p]["n"] == 1 and study["points"][p]["miou"]["mean"] is not None for p in ("nonadapt", "oracle"))
+    assert all(
+        study["points"][p]["n"] == 1 and study["points"][p]["miou"]["mean"] is not None for p in ("nonadapt", "oracle")
+    )
     assert study["settings"]["machine"]["minicity_version"] == "1.0"

@@ -66,8 +66,10 @@ def test_cli_smoke_then_eval(road_ray_home, tmp_path):
     """The README's flow: `road-ray train --smoke` (own Ray instance), then `road-ray eval`."""
     run = subprocess.run(
         [sys.executable, "-m", "road_ray.cli", "train", "--smoke", "--storage", str(tmp_path / "runs")],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["iter"] == SMOKE_OVERRIDES["optim.max_iters"] and summary["checkpoint"]
@@ -76,14 +78,31 @@ def test_cli_smoke_then_eval(road_ray_home, tmp_path):
     assert len(evals) == 2 and len(set(evals)) == 2, evals
     out = tmp_path / "scores.json"
     ev = subprocess.run(
-        [sys.executable, "-m", "road_ray.cli", "eval", "--checkpoint", summary["checkpoint"], "--json", str(out),
-         "--save-predictions", str(tmp_path / "preds"), "--max-images", "2"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "road_ray.cli",
+            "eval",
+            "--checkpoint",
+            summary["checkpoint"],
+            "--json",
+            str(out),
+            "--save-predictions",
+            str(tmp_path / "preds"),
+            "--max-images",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ev.returncode == 0, ev.stderr[-2000:]
     scores = json.loads(out.read_text())
     assert set(scores["iou"]) >= {"road", "traffic light", "sky"} and 0 <= scores["miou"] <= 100
     assert len(list((tmp_path / "preds").glob("*_pred_labelIds.png"))) == 2
-    bad = subprocess.run([sys.executable, "-m", "road_ray.cli", "eval", "--checkpoint", str(tmp_path / "nope")],
-                         capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "road_ray.cli", "eval", "--checkpoint", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "does not exist" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -94,7 +94,10 @@ def test_eval_best_picks_the_highest_miou(asha_sweep, tmp_path):
     rows = [r for t in exp.trials for r in t.rows if r.get("checkpoint_path") and Path(r["checkpoint_path"]).is_dir()]
     expected = max(rows, key=lambda r: r["miou"])["checkpoint_path"]
     out = tmp_path / "eval.json"
-    assert main(["eval", "--experiment", asha_sweep.experiment_dir, "--best", "--max-images", "2", "--json", str(out)]) == 0
+    assert (
+        main(["eval", "--experiment", asha_sweep.experiment_dir, "--best", "--max-images", "2", "--json", str(out)])
+        == 0
+    )
     assert json.loads(out.read_text())["checkpoint"] == expected
 
 
@@ -109,8 +112,12 @@ def test_report_of_a_real_sweep(asha_sweep, tmp_path):
 def test_bad_space_fails_before_any_trial(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("params:\n  road.lambda_dist: {loguniform: {low: 0, high: 1}}\n")
-    result = subprocess.run([sys.executable, str(REPO / "tune.py"), "--space", str(bad), "--storage", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tune.py"), "--space", str(bad), "--storage", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"tune.py: error: {bad}: params.road.lambda_dist.low")
     assert not any(tmp_path.glob("bad-*"))  # nothing was started
@@ -121,15 +128,19 @@ def test_resume_after_the_driver_is_killed(ray_session, road_ray_home, tmp_path)
     space.write_text(RESUME_SPACE)
     storage, exp_dir = tmp_path / "results", tmp_path / "results" / "resume"
     env = {
-        **os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "ROAD_RAY_HOME": road_ray_home,
-        "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1",
+        **os.environ,
+        "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
+        "ROAD_RAY_HOME": road_ray_home,
+        "RAY_AUTH_MODE": "token",
+        "PYTHONUNBUFFERED": "1",
         "TUNE_GLOBAL_CHECKPOINT_S": "1",  # save Tune's experiment state every second (default: >= 10 s)
-    }  # fmt: skip
+    }
     cmd = [sys.executable, str(REPO / "tune.py"), "--storage", str(storage), "--name", "resume"]
 
     with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen([*cmd, "--space", str(space)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)  # fmt: skip
+        first = subprocess.Popen(
+            [*cmd, "--space", str(space)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             done, running = _wait_until_one_done_and_one_checkpointed(exp_dir, first, tmp_path / "first.log")
         finally:

@@ -43,9 +43,18 @@ from road_ray.config import DataConfig
 
 OPTIONS = ("network", "crop", "batch", "precision", "device", "workers", "steps", "repeats", "warmup", "smoke", "seed")
 DEFAULTS: dict[str, Any] = {
-    "network": "deeplabv2-small", "crop": 161, "batch": 5, "precision": "auto", "device": "auto",
-    "workers": None, "steps": None, "repeats": 3, "warmup": 2, "seed": 0, "size": "default",
-}  # fmt: skip
+    "network": "deeplabv2-small",
+    "crop": 161,
+    "batch": 5,
+    "precision": "auto",
+    "device": "auto",
+    "workers": None,
+    "steps": None,
+    "repeats": 3,
+    "warmup": 2,
+    "seed": 0,
+    "size": "default",
+}
 SMOKE: dict[str, Any] = {"crop": 32, "batch": 2, "repeats": 1, "warmup": 1, "size": "small"}
 TARGETS = {"ray_over_dataloader_min": 1.0, "stream_over_step_min": 1.5}
 JPEG_QUALITY = 95
@@ -118,7 +127,10 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
         jpeg_path = os.path.join(tmp, "source_train")
         progress(f"writing a JPEG q{JPEG_QUALITY} copy of {png_path}")
         sizes = write_jpeg_copy(png_path, jpeg_path)
-        in_memory = {"png": _rows_in_memory(png_path, TRANSFORM_ROWS), "jpeg": _rows_in_memory(jpeg_path, TRANSFORM_ROWS)}
+        in_memory = {
+            "png": _rows_in_memory(png_path, TRANSFORM_ROWS),
+            "jpeg": _rows_in_memory(jpeg_path, TRANSFORM_ROWS),
+        }
 
         progress(f"building the ROAD step ({o['network']}, crop {o['crop']}, {o['batch']}+{o['batch']}) on {device}")
         setup = StepSetup(bench_config(o["network"], o["crop"], o["batch"], precision, None), device, o["seed"])
@@ -156,11 +168,20 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     step_crops = [2 * o["batch"] / t for t in step_s]
     return {
         "settings": {
-            "dataset": f"MiniCity {o['size']} source_train", "shards": png_path, "rows": sizes["rows"],
-            "crop": o["crop"], "batch_per_domain": o["batch"], "workers": workers, "steps": steps,
-            "repeats": o["repeats"], "network": o["network"], "device": str(device), "precision": precision,
-            "smoke": bool(o.get("smoke")), "jpeg_quality": JPEG_QUALITY,
-        },  # fmt: skip
+            "dataset": f"MiniCity {o['size']} source_train",
+            "shards": png_path,
+            "rows": sizes["rows"],
+            "crop": o["crop"],
+            "batch_per_domain": o["batch"],
+            "workers": workers,
+            "steps": steps,
+            "repeats": o["repeats"],
+            "network": o["network"],
+            "device": str(device),
+            "precision": precision,
+            "smoke": bool(o.get("smoke")),
+            "jpeg_quality": JPEG_QUALITY,
+        },
         "figures": _figures(compare, transform, step_crops, sizes),
         "compare_with_dataloader": compare,
         "notes": [
@@ -220,12 +241,22 @@ def table(result: dict[str, Any]) -> str:
         ("stream_over_step (target >= 1.5)", f"{f['stream_over_step']:.2f}"),
     ]
     for kind, e in f["encodings"].items():
-        rows.append((f"{kind}: Ray Data / DataLoader / transform-only crops/s",
-                     f"{e['ray_data_crops_per_s']:.1f} / {e['dataloader_crops_per_s']:.1f} / "
-                     f"{e['transform_only_crops_per_s']:.1f}  ({e['image_bytes_per_row'] / 1024:.1f} KiB/image)"))  # fmt: skip
+        rows.append(
+            (
+                f"{kind}: Ray Data / DataLoader / transform-only crops/s",
+                f"{e['ray_data_crops_per_s']:.1f} / {e['dataloader_crops_per_s']:.1f} / "
+                f"{e['transform_only_crops_per_s']:.1f}  ({e['image_bytes_per_row'] / 1024:.1f} KiB/image)",
+            )
+        )
     j = f["jpeg_over_png"]
-    rows.append(("jpeg_over_png: Ray Data / DataLoader / transform",
-                 f"{j['ray_data']:.2f} / {j['dataloader']:.2f} / {j['transform_only']:.2f}"))  # fmt: skip
-    title = (f"bench data: {s['dataset']} ({s['rows']} rows), crop {s['crop']}, batch {s['batch_per_domain']}, "
-             f"{s['workers']} workers; load {m['load_avg_start']:.1f} -> {m['load_avg_end']:.1f}")  # fmt: skip
+    rows.append(
+        (
+            "jpeg_over_png: Ray Data / DataLoader / transform",
+            f"{j['ray_data']:.2f} / {j['dataloader']:.2f} / {j['transform_only']:.2f}",
+        )
+    )
+    title = (
+        f"bench data: {s['dataset']} ({s['rows']} rows), crop {s['crop']}, batch {s['batch_per_domain']}, "
+        f"{s['workers']} workers; load {m['load_avg_start']:.1f} -> {m['load_avg_end']:.1f}"
+    )
     return format_table(title, rows)

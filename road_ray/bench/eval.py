@@ -31,21 +31,29 @@ from torch.overrides import TorchFunctionMode
 from road_ray.bench.common import (
     Progress,
     format_table,
-    rotated,
     median,
     paired_ratio,
     parse_network,
     resolve_device,
     resolve_precision,
+    rotated,
     summary,
     timed,
 )
 
 OPTIONS = ("network", "crop", "precision", "device", "repeats", "warmup", "images", "smoke", "seed")
 DEFAULTS: dict[str, Any] = {
-    "network": "deeplabv2-small", "crop": 161, "precision": "auto", "device": "auto", "repeats": 2,
-    "warmup": 1, "images": 0, "seed": 0, "size": "default", "chunk": 10,
-}  # fmt: skip
+    "network": "deeplabv2-small",
+    "crop": 161,
+    "precision": "auto",
+    "device": "auto",
+    "repeats": 2,
+    "warmup": 1,
+    "images": 0,
+    "seed": 0,
+    "size": "default",
+    "chunk": 10,
+}
 SMOKE: dict[str, Any] = {"crop": 32, "repeats": 1, "images": 4, "size": "small", "chunk": 2}
 SYNC_CALLS = frozenset({"__bool__", "item", "tolist", "numpy", "__int__", "__float__", "__index__", "cpu"})
 _PACKAGE = str(Path(__file__).resolve().parents[1])
@@ -173,7 +181,7 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     for rep in range(o["repeats"]):
         for c, chunk in enumerate(chunks):
             for mode in rotated(list(settings), rep * len(chunks) + c):
-                t = timed(lambda: run_pass(mode, chunk), device)
+                t = timed(lambda m=mode, ch=chunk: run_pass(m, ch), device)
                 rates[mode].append(len(chunk) / t)
                 seconds[mode] += t
         recent = {mode: median(values[-len(chunks) :]) for mode, values in rates.items()}
@@ -181,16 +189,28 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
         progress(f"pass {rep + 1}/{o['repeats']} over {n} images: images/s (median over chunks) {shown}")
     progress("auditing host syncs (whole and slide)")
     audit_batches = batches[: min(n, 4)]
-    audits = {mode: audit_host_syncs(lambda subset, mode=mode: run_pass(mode, subset), audit_batches, device)
-              for mode in settings}  # fmt: skip
+    audits = {
+        mode: audit_host_syncs(lambda subset, mode=mode: run_pass(mode, subset), audit_batches, device)
+        for mode in settings
+    }
     progress("done")
     return {
         "settings": {
-            "dataset": f"MiniCity {o['size']} target_val", "shards": path, "images": n, "network": o["network"],
-            "window": o["crop"], "scale": 1.0, "chunk": o["chunk"], "image_size": list(batches[0]["image"].shape[-2:]),
-            "precision": precision, "device": str(device), "repeats": o["repeats"], "warmup": o["warmup"],
-            "smoke": bool(o.get("smoke")), "pretrained": "none (random weights: fine for timing)",
-        },  # fmt: skip
+            "dataset": f"MiniCity {o['size']} target_val",
+            "shards": path,
+            "images": n,
+            "network": o["network"],
+            "window": o["crop"],
+            "scale": 1.0,
+            "chunk": o["chunk"],
+            "image_size": list(batches[0]["image"].shape[-2:]),
+            "precision": precision,
+            "device": str(device),
+            "repeats": o["repeats"],
+            "warmup": o["warmup"],
+            "smoke": bool(o.get("smoke")),
+            "pretrained": "none (random weights: fine for timing)",
+        },
         "figures": {
             "images_per_s": {mode: median(v) for mode, v in rates.items()},
             "images_per_s_spread": {mode: summary(v) for mode, v in rates.items()},
@@ -217,7 +237,9 @@ def table(result: dict[str, Any]) -> str:
         rows.append((f"host syncs per image ({mode})", f"{audit['host_sync_calls_per_image']:g}: {sites}"))
         if audit["cuda_reported_syncs_per_image"] is not None:
             rows.append((f"CUDA-reported syncs per image ({mode})", f"{audit['cuda_reported_syncs_per_image']:g}"))
-    title = (f"bench eval: {s['dataset']} ({s['images']} images {s['image_size'][0]}x{s['image_size'][1]}), "
-             f"window {s['window']}, {s['device']} {s['precision']}; load {m['load_avg_start']:.1f} -> "
-             f"{m['load_avg_end']:.1f}")  # fmt: skip
+    title = (
+        f"bench eval: {s['dataset']} ({s['images']} images {s['image_size'][0]}x{s['image_size'][1]}), "
+        f"window {s['window']}, {s['device']} {s['precision']}; load {m['load_avg_start']:.1f} -> "
+        f"{m['load_avg_end']:.1f}"
+    )
     return format_table(title, rows)

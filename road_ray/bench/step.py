@@ -65,14 +65,32 @@ from road_ray.models.backbones import tap_names
 from road_ray.road import ROADObjective, region_counts, region_index, segmentation_loss, train_step
 
 OPTIONS = (
-    "network", "crop", "batch", "precision", "device", "teacher_layer", "repeats", "warmup", "smoke",
-    "ray", "peak_tflops", "seed",
-)  # fmt: skip
+    "network",
+    "crop",
+    "batch",
+    "precision",
+    "device",
+    "teacher_layer",
+    "repeats",
+    "warmup",
+    "smoke",
+    "ray",
+    "peak_tflops",
+    "seed",
+)
 DEFAULTS: dict[str, Any] = {
-    "network": "deeplabv2-small", "crop": 161, "batch": 5, "precision": "auto", "device": "auto",
-    "teacher_layer": None, "repeats": 10, "warmup": 2, "ray": True,
-    "peak_tflops": None, "seed": 0,
-}  # fmt: skip
+    "network": "deeplabv2-small",
+    "crop": 161,
+    "batch": 5,
+    "precision": "auto",
+    "device": "auto",
+    "teacher_layer": None,
+    "repeats": 10,
+    "warmup": 2,
+    "ray": True,
+    "peak_tflops": None,
+    "seed": 0,
+}
 SMOKE: dict[str, Any] = {"crop": 48, "batch": 2, "repeats": 2, "warmup": 1}
 
 # Dense peak TFLOP/s by device-name fragment (first match wins): bf16 tensor cores, TF32 tensor
@@ -102,12 +120,20 @@ def bench_config(network: str, crop: int, batch: int, precision: str, teacher_la
     (default: the backbone's last stage), untrained weights."""
     arch, backbone = parse_network(network)
     layer = teacher_layer or tap_names(backbone)[-2]  # [-1] is "out"
-    return apply_overrides(Config(), {
-        "model.arch": arch, "model.backbone": backbone, "model.teacher_layer": layer,
-        "model.pretrained": "none", "model.allow_untrained_teacher": True,
-        "data.crop_size": crop, "data.batch_source": batch, "data.batch_target": batch,
-        "run.precision": precision,
-    }).validate()  # fmt: skip
+    return apply_overrides(
+        Config(),
+        {
+            "model.arch": arch,
+            "model.backbone": backbone,
+            "model.teacher_layer": layer,
+            "model.pretrained": "none",
+            "model.allow_untrained_teacher": True,
+            "data.crop_size": crop,
+            "data.batch_source": batch,
+            "data.batch_target": batch,
+            "run.precision": precision,
+        },
+    ).validate()
 
 
 def synthetic_batch(cfg: Config, seed: int) -> dict[str, torch.Tensor]:
@@ -134,9 +160,13 @@ def synthetic_batch(cfg: Config, seed: int) -> dict[str, torch.Tensor]:
 
     images = lambda: torch.from_numpy(rng.standard_normal((b, 3, c, c), dtype=np.float32))  # noqa: E731
     return {
-        "source_image": images(), "source_label": labels(), "source_box": boxes(),
-        "target_image": images(), "target_box": boxes(), "target_label": labels(),
-    }  # fmt: skip
+        "source_image": images(),
+        "source_label": labels(),
+        "source_box": boxes(),
+        "target_image": images(),
+        "target_box": boxes(),
+        "target_label": labels(),
+    }
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -186,18 +216,27 @@ class StepSetup:
 
     def _variant(self, **road: float) -> tuple[ROADObjective, torch.optim.Optimizer]:
         objective = ROADObjective(
-            self.student, self.teacher, dataclasses.replace(self.cfg.road, **road),
-            teacher_layer=self.cfg.model.teacher_layer, feature_channels=self.student.feature_channels["out"],
-        ).to(self.device)  # fmt: skip
+            self.student,
+            self.teacher,
+            dataclasses.replace(self.cfg.road, **road),
+            teacher_layer=self.cfg.model.teacher_layer,
+            feature_channels=self.student.feature_channels["out"],
+        ).to(self.device)
         if self.device.type == "cuda":
             objective.to(memory_format=torch.channels_last)
-        return objective, build_optimizer(self.student, objective.domain_classifiers, self.cfg.optim,
-                                          fused=self.device.type == "cuda")  # fmt: skip
+        return objective, build_optimizer(
+            self.student, objective.domain_classifiers, self.cfg.optim, fused=self.device.type == "cuda"
+        )
 
     # --- the measured operations ---------------------------------------------------
     def road_step(self, objective: ROADObjective | None = None, optimizer: torch.optim.Optimizer | None = None):
-        return train_step(objective or self.road, optimizer or self.road_opt, self.batch,
-                          autocast_dtype=self.amp, device_type=self.device.type)  # fmt: skip
+        return train_step(
+            objective or self.road,
+            optimizer or self.road_opt,
+            self.batch,
+            autocast_dtype=self.amp,
+            device_type=self.device.type,
+        )
 
     def plain_step(self) -> torch.Tensor:
         self.plain_opt.zero_grad(set_to_none=True)
@@ -315,7 +354,9 @@ def ray_step_worker(loop_config: dict[str, Any]) -> None:
             return
         times.append(timed(setup.road_step, device))
         if len(times) == loop_config["rounds"]:
-            ray.get(baton.put_result.remote({"times": times, "threads": torch.get_num_threads(), "device": str(device)}))
+            ray.get(
+                baton.put_result.remote({"times": times, "threads": torch.get_num_threads(), "device": str(device)})
+            )
         ray.get(baton.pass_to.remote("driver"))
 
 
@@ -331,9 +372,16 @@ def _wait_turn(baton: Any, thread: threading.Thread, errors: list[BaseException]
 
 
 def rounds_with_ray_worker(
-    cfg: Config, device: torch.device, *, seed: int, warmup: int, rounds: int, threads: int,
-    driver_round: Callable[[int], None], progress: Progress,
-) -> dict[str, Any]:  # fmt: skip
+    cfg: Config,
+    device: torch.device,
+    *,
+    seed: int,
+    warmup: int,
+    rounds: int,
+    threads: int,
+    driver_round: Callable[[int], None],
+    progress: Progress,
+) -> dict[str, Any]:
     """Run ``driver_round(r)`` and the Train worker's timed step in turn, ``rounds`` times."""
     import ray
     import ray.train
@@ -349,13 +397,19 @@ def rounds_with_ray_worker(
         use_gpu = device.type == "cuda"
         trainer = TorchTrainer(
             ray_step_worker,
-            train_loop_config={"config": cfg.to_dict(), "seed": seed, "warmup": warmup, "rounds": rounds,
-                               "threads": threads, "baton": baton},
+            train_loop_config={
+                "config": cfg.to_dict(),
+                "seed": seed,
+                "warmup": warmup,
+                "rounds": rounds,
+                "threads": threads,
+                "baton": baton,
+            },
             scaling_config=ray.train.ScalingConfig(
                 num_workers=1, use_gpu=use_gpu, resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})}
             ),
             run_config=ray.train.RunConfig(name=f"bench-step-{os.getpid()}", storage_path=storage),
-        )  # fmt: skip
+        )
         errors: list[BaseException] = []
 
         def fit() -> None:
@@ -418,9 +472,15 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     ray_result = None
     if o["ray"]:
         ray_result = rounds_with_ray_worker(
-            cfg, device, seed=o["seed"], warmup=o["warmup"], rounds=o["repeats"], threads=threads,
-            driver_round=driver_round, progress=progress,
-        )  # fmt: skip
+            cfg,
+            device,
+            seed=o["seed"],
+            warmup=o["warmup"],
+            rounds=o["repeats"],
+            threads=threads,
+            driver_round=driver_round,
+            progress=progress,
+        )
         times["ray"] = ray_result["times"]
     else:
         for r in range(o["repeats"]):
@@ -436,18 +496,30 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
 
 def _settings(o: dict[str, Any], cfg: Config, device: torch.device, precision: str, threads: int) -> dict[str, Any]:
     return {
-        "network": o["network"], "arch": cfg.model.arch, "backbone": cfg.model.backbone,
-        "crop": cfg.data.crop_size, "batch_per_domain": cfg.data.batch_source,
+        "network": o["network"],
+        "arch": cfg.model.arch,
+        "backbone": cfg.model.backbone,
+        "crop": cfg.data.crop_size,
+        "batch_per_domain": cfg.data.batch_source,
         "images_per_step": cfg.data.batch_source + cfg.data.batch_target,
-        "precision": precision, "device": str(device), "teacher_layer": cfg.model.teacher_layer,
-        "grid": cfg.road.grid, "lambda_dist": cfg.road.lambda_dist, "lambda_spt": cfg.road.lambda_spt,
+        "precision": precision,
+        "device": str(device),
+        "teacher_layer": cfg.model.teacher_layer,
+        "grid": cfg.road.grid,
+        "lambda_dist": cfg.road.lambda_dist,
+        "lambda_spt": cfg.road.lambda_spt,
         "optimizer": "SGD momentum 0.9 (road_ray.engine.optim.build_optimizer)",
-        "repeats": o["repeats"], "warmup": o["warmup"], "smoke": bool(o.get("smoke")),
-        "torch_threads": torch.get_num_threads(), "ray": bool(o["ray"]),
+        "repeats": o["repeats"],
+        "warmup": o["warmup"],
+        "smoke": bool(o.get("smoke")),
+        "torch_threads": torch.get_num_threads(),
+        "ray": bool(o["ray"]),
         "ray_worker_threads": threads if o["ray"] else None,
-        "pretrained": "none", "allow_untrained_teacher": True, "seed": o["seed"],
+        "pretrained": "none",
+        "allow_untrained_teacher": True,
+        "seed": o["seed"],
         "batch": "synthetic: N(0,1) images, random labels (5% ignore), valid random crop boxes",
-    }  # fmt: skip
+    }
 
 
 def _figures(times, flops, setup: StepSetup, device, precision, peak_override) -> dict[str, Any]:
@@ -514,8 +586,10 @@ def _notes(o: dict[str, Any]) -> list[str]:
 def table(result: dict[str, Any]) -> str:
     s, f = result["settings"], result["figures"]
     t = f["times_s"]
-    rows = [(f"{name} step/call (s, median of {v['n']})", f"{v['median']:.4g}  [{v['min']:.4g} .. {v['max']:.4g}]")
-            for name, v in t.items()]  # fmt: skip
+    rows = [
+        (f"{name} step/call (s, median of {v['n']})", f"{v['median']:.4g}  [{v['min']:.4g} .. {v['max']:.4g}]")
+        for name, v in t.items()
+    ]
     rows += [
         ("road_over_plain (target <= 1.25)", f"{f['road_over_plain']:.3f}"),
         ("ray_over_bare (target <= 1.05)", "n/a" if f["ray_over_bare"] is None else f"{f['ray_over_bare']:.3f}"),
@@ -523,12 +597,16 @@ def table(result: dict[str, Any]) -> str:
     ]
     rows += [(f"share: {k}", f"{100 * v:.1f}%") for k, v in f["shares_of_road_step"].items()]
     rows += [(f"images/s: {k}", f"{v:.2f}") for k, v in f["images_per_s"].items()]
-    rows += [(f"TFLOP/s: {k}", f"{v:.4g}" + (f" (MFU {100 * f['mfu'][k]:.1f}%)" if f["mfu"][k] else ""))
-             for k, v in f["tflops_achieved"].items()]  # fmt: skip
+    rows += [
+        (f"TFLOP/s: {k}", f"{v:.4g}" + (f" (MFU {100 * f['mfu'][k]:.1f}%)" if f["mfu"][k] else ""))
+        for k, v in f["tflops_achieved"].items()
+    ]
     m = result["machine"]
-    title = (f"bench step: {s['network']} crop {s['crop']} {s['batch_per_domain']}+{s['batch_per_domain']} "
-             f"{s['device']} {s['precision']}, teacher {s['teacher_layer']}; load {m['load_avg_start']:.1f} -> "
-             f"{m['load_avg_end']:.1f}")  # fmt: skip
+    title = (
+        f"bench step: {s['network']} crop {s['crop']} {s['batch_per_domain']}+{s['batch_per_domain']} "
+        f"{s['device']} {s['precision']}, teacher {s['teacher_layer']}; load {m['load_avg_start']:.1f} -> "
+        f"{m['load_avg_end']:.1f}"
+    )
     return format_table(title, rows)
 
 

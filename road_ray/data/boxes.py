@@ -45,7 +45,7 @@ def whole_image_box(image_height: int, image_width: int) -> np.ndarray:
     return make_box(0, 0, image_height, image_width, image_height, image_width)
 
 
-def check_boxes(boxes: np.ndarray | "object") -> None:
+def check_boxes(boxes: np.ndarray | object) -> None:
     """Raise ValueError unless ``boxes`` is (B, 8) and every box lies inside its resized image.
 
     Works on numpy arrays and torch tensors (anything with ``.shape`` and indexing).
@@ -57,12 +57,17 @@ def check_boxes(boxes: np.ndarray | "object") -> None:
     if not np.all(np.isfinite(b)):
         raise ValueError("crop boxes: contain NaN or inf")
     bad = (
-        (b[:, TOP] < 0) | (b[:, LEFT] < 0) | (b[:, HEIGHT] <= 0) | (b[:, WIDTH] <= 0)
-        | (b[:, IMAGE_HEIGHT] <= 0) | (b[:, IMAGE_WIDTH] <= 0) | (b[:, SCALE] <= 0)
+        (b[:, TOP] < 0)
+        | (b[:, LEFT] < 0)
+        | (b[:, HEIGHT] <= 0)
+        | (b[:, WIDTH] <= 0)
+        | (b[:, IMAGE_HEIGHT] <= 0)
+        | (b[:, IMAGE_WIDTH] <= 0)
+        | (b[:, SCALE] <= 0)
         # the crop must start inside the resized image (padding only at bottom/right)
         | (b[:, TOP] >= b[:, IMAGE_HEIGHT] * b[:, SCALE] + 1e-3)
         | (b[:, LEFT] >= b[:, IMAGE_WIDTH] * b[:, SCALE] + 1e-3)
-    )  # fmt: skip
+    )
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         fields = dict(zip(BOX_FIELDS, b[i].tolist()))

@@ -45,9 +45,19 @@ from road_ray.data.prepare import clear_output, label_statistics, ordered_map, r
 from road_ray.labels import NUM_CLASSES
 
 __all__ = [
-    "MINICITY_VERSION", "SIZES", "MiniCitySize", "SPLITS", "PRETRAIN_CLASSES", "STYLES",
-    "sample_scene", "render", "render_scene", "pretrain_crops", "write_minicity", "read_pretrain_set",
-]  # fmt: skip
+    "MINICITY_VERSION",
+    "SIZES",
+    "MiniCitySize",
+    "SPLITS",
+    "PRETRAIN_CLASSES",
+    "STYLES",
+    "sample_scene",
+    "render",
+    "render_scene",
+    "pretrain_crops",
+    "write_minicity",
+    "read_pretrain_set",
+]
 
 # Bump whenever the generator's output changes: caches are keyed by it (road_ray.engine.resolve).
 MINICITY_VERSION = "1.0"
@@ -88,10 +98,29 @@ _SPLIT_CODE = {"source_train": 1, "source_val": 2, "target_train": 3, "target_va
 # signs, poles and bicycles. Class i shows what trainId i labels, but the label is the picture's,
 # never a pixel map.
 PRETRAIN_CLASSES: tuple[str, ...] = (
-    "asphalt", "pavement", "facade", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "tree", "grass", "sky", "pedestrian", "cyclist", "car", "truck", "bus", "tram", "motorbike", "bicycle",
-)  # fmt: skip
-PRETRAIN_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("image", pa.binary()), pa.field("class_id", pa.int32())])
+    "asphalt",
+    "pavement",
+    "facade",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "tree",
+    "grass",
+    "sky",
+    "pedestrian",
+    "cyclist",
+    "car",
+    "truck",
+    "bus",
+    "tram",
+    "motorbike",
+    "bicycle",
+)
+PRETRAIN_SCHEMA = pa.schema(
+    [pa.field("id", pa.string()), pa.field("image", pa.binary()), pa.field("class_id", pa.int32())]
+)
 
 
 def get_size(size: str) -> MiniCitySize:
@@ -119,7 +148,9 @@ def render_scene(rng: np.random.Generator, height: int, width: int, style: str) 
 # --- pretraining crops ---------------------------------------------------------------------------
 
 
-def _object_window(scene: Scene, ids: np.ndarray, parts: list, rng: np.random.Generator) -> tuple[float, float, float] | None:
+def _object_window(
+    scene: Scene, ids: np.ndarray, parts: list, rng: np.random.Generator
+) -> tuple[float, float, float] | None:
     """A square window (top, left, side) around the visible pixels of ``parts``, or None if they hardly show."""
     index = {id(p): k for k, p in enumerate(scene.parts)}
     mask = np.isin(ids, [FIRST_PART_ID + index[id(p)] for p in parts])
@@ -181,7 +212,9 @@ def pretrain_crops(rng: np.random.Generator, size: MiniCitySize, classes: tuple[
                 window = _object_window(scene, raster.ids, scene.focus[slot], rng)
             if window is None and attempt < 9:
                 continue
-            top, left, side = (2 * v for v in window) if window else (0.0, size.width / 2 - size.height / 2, float(size.height))
+            top, left, side = (
+                (2 * v for v in window) if window else (0.0, size.width / 2 - size.height / 2, float(size.height))
+            )
             crop = cull(replace(scene, camera=scene.camera.crop(top, left, side, size.pretrain_size)))
             out[i] = render(crop, "photo")[0]
             todo.remove(i)
@@ -213,7 +246,9 @@ def _pretrain_task(task: tuple[int, int, MiniCitySize]) -> list[tuple[bytes, int
     return [(shards.encode_png(image), cls) for image, cls in zip(images, classes)]
 
 
-def _split_entry(writer: shards.ShardWriter, domain: str, labeled: bool, pixels: np.ndarray, ignore: int, name: str) -> dict:
+def _split_entry(
+    writer: shards.ShardWriter, domain: str, labeled: bool, pixels: np.ndarray, ignore: int, name: str
+) -> dict:
     return {
         "rows": writer.num_rows,
         "labeled_rows": writer.num_rows if labeled else 0,
@@ -256,8 +291,15 @@ def _write_scene_split(out: str, split: str, spec: MiniCitySize, seed: int, imap
         writers = [stack.enter_context(shards.ShardWriter(shards.join(out, name))) for name in names]
         tasks = ((split, i, seed, spec) for i in range(getattr(spec, split)))
         for i, (image, label, class_pixels, ignore_pixels) in enumerate(imap(_scene_task, tasks)):
-            row = {"id": f"{split}_{i:05d}", "domain": domain, "split": split, "image": image,
-                   "label": label, "height": spec.height, "width": spec.width}  # fmt: skip
+            row = {
+                "id": f"{split}_{i:05d}",
+                "domain": domain,
+                "split": split,
+                "image": image,
+                "label": label,
+                "height": spec.height,
+                "width": spec.width,
+            }
             if split == "target_train":  # adaptation sees the images only
                 writers[0].write({**row, "label": None})
                 writers[1].write({**row, "split": ORACLE_SPLIT})
@@ -266,14 +308,24 @@ def _write_scene_split(out: str, split: str, spec: MiniCitySize, seed: int, imap
             pixels += class_pixels
             ignore += ignore_pixels
             bar.update()
-    entries = {name: _split_entry(w, domain, name != "target_train", pixels, ignore, name) for name, w in zip(names, writers)}
+    entries = {
+        name: _split_entry(w, domain, name != "target_train", pixels, ignore, name) for name, w in zip(names, writers)
+    }
     if ORACLE_SPLIT in entries:
-        entries[ORACLE_SPLIT]["note"] = "target_train with labels: the oracle's upper bound only, never read by adaptation"
+        entries[ORACLE_SPLIT]["note"] = (
+            "target_train with labels: the oracle's upper bound only, never read by adaptation"
+        )
     return entries
 
 
-def write_minicity(out: str, size: str = "default", seed: int = 0, num_workers: int | None = None,
-                   progress: bool = True, overwrite: bool = False) -> dict:  # fmt: skip
+def write_minicity(
+    out: str,
+    size: str = "default",
+    seed: int = 0,
+    num_workers: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
     """Generate MiniCity ``size`` from ``seed`` into ``out`` (a path or URI) and return its manifest.
 
     Raises ValueError for an unknown size, or if ``out`` already holds a manifest and not
@@ -284,7 +336,10 @@ def write_minicity(out: str, size: str = "default", seed: int = 0, num_workers: 
     clear_output(out, [*SPLITS, ORACLE_SPLIT, PRETRAIN_SPLIT], overwrite)
     total = spec.source_train + spec.source_val + spec.target_train + spec.target_val + spec.pretrain
     splits: dict[str, dict] = {}
-    with ordered_map(workers) as imap, tqdm(total=total, desc=f"minicity {size}", unit="img", disable=not progress) as bar:
+    with (
+        ordered_map(workers) as imap,
+        tqdm(total=total, desc=f"minicity {size}", unit="img", disable=not progress) as bar,
+    ):
         for split in SPLITS:
             splits.update(_write_scene_split(out, split, spec, seed, imap, bar))
 
@@ -296,9 +351,15 @@ def write_minicity(out: str, size: str = "default", seed: int = 0, num_workers: 
         tasks = ((g, seed, spec) for g in range(-(-spec.pretrain // PRETRAIN_PER_SCENE)))
         parts, counts = _write_pretrain(out, counted(imap(_pretrain_task, tasks)))
     splits[PRETRAIN_SPLIT] = {
-        "rows": spec.pretrain, "labeled_rows": spec.pretrain, "domain": "pretrain", "style": "photo",
-        "task": "classification", "shards": parts, "image_size": spec.pretrain_size, "class_counts": counts,
-    }  # fmt: skip
+        "rows": spec.pretrain,
+        "labeled_rows": spec.pretrain,
+        "domain": "pretrain",
+        "style": "photo",
+        "task": "classification",
+        "shards": parts,
+        "image_size": spec.pretrain_size,
+        "class_counts": counts,
+    }
     manifest = {
         "dataset": "minicity",
         "version": MINICITY_VERSION,

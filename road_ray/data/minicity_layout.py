@@ -25,9 +25,33 @@ import numpy as np
 
 from road_ray.data.minicity_objects import Builder, bushes, person, pole_with, tree, two_wheeler, vehicle
 from road_ray.data.minicity_scene import (
-    BICYCLE, BUILDING, BUS, CAR, DISC, FENCE, LIGHT, MOTORCYCLE, PERSON, POLE, RIDER, SIDEWALK,
-    SIGN, TERRAIN, TRAIN, TRUCK, VEGETATION, WALL, M, Camera, Ground, Part, Scene, Side, face_x, face_z,
-)  # fmt: skip
+    BICYCLE,
+    BUILDING,
+    BUS,
+    CAR,
+    DISC,
+    FENCE,
+    LIGHT,
+    MOTORCYCLE,
+    PERSON,
+    POLE,
+    RIDER,
+    SIDEWALK,
+    SIGN,
+    TERRAIN,
+    TRAIN,
+    TRUCK,
+    VEGETATION,
+    WALL,
+    Camera,
+    Ground,
+    M,
+    Part,
+    Scene,
+    Side,
+    face_x,
+    face_z,
+)
 
 RIGS = ("game", "photo")
 
@@ -57,8 +81,14 @@ SEGMENT_LEN = {"gap": (3, 10), "wall": (8, 25), "fence": (8, 25), "park": (15, 5
 FOCUS_OBJECTS = (PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE, POLE, LIGHT, SIGN, VEGETATION)
 
 
-def sample_scene(rng: np.random.Generator, height: int, width: int, rig: str = "game",
-                 focus: tuple[int, ...] = (), max_distance: float = 1e9) -> Scene:  # fmt: skip
+def sample_scene(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    rig: str = "game",
+    focus: tuple[int, ...] = (),
+    max_distance: float = 1e9,
+) -> Scene:
     """Draw one street scene for an image of ``height x width`` seen by the camera ``rig``.
 
     For the pretraining crops: each class in ``focus`` (up to two distinct trainIds) also gets an object
@@ -144,10 +174,16 @@ def _segment(b, kind, sign, z0, z1, edge, lot, setback, base_h, crosswalks) -> N
         h = min(max(base_h * rng.uniform(0.6, 1.4), 4.0), 45.0)
         depth = rng.uniform(8, 20)
         tone = b.tone()
-        parts = [face_z(min(xb, xb + sign * depth), max(xb, xb + sign * depth), 0, h, max(z0, 0.6), BUILDING, "facade", tone),
-                 face_x(xb, z0, z1, 0, h, BUILDING, "facade", tone)]  # fmt: skip
+        parts = [
+            face_z(
+                min(xb, xb + sign * depth), max(xb, xb + sign * depth), 0, h, max(z0, 0.6), BUILDING, "facade", tone
+            ),
+            face_x(xb, z0, z1, 0, h, BUILDING, "facade", tone),
+        ]
         if setback > 1 and rng.random() < 0.5:  # front yard with a hedge
-            parts.append(face_x(lot + sign * 0.4, z0 + 1, z1 - 1, 0, rng.uniform(0.8, 1.6), VEGETATION, "foliage", b.tone()))
+            parts.append(
+                face_x(lot + sign * 0.4, z0 + 1, z1 - 1, 0, rng.uniform(0.8, 1.6), VEGETATION, "foliage", b.tone())
+            )
         b.add(2, z0, parts)
         b.shadow(np.array([[xb, z0], [xb, z1]]), h)
     elif kind in ("wall", "fence"):
@@ -159,13 +195,22 @@ def _segment(b, kind, sign, z0, z1, edge, lot, setback, base_h, crosswalks) -> N
     elif kind in ("gap", "park"):
         n = int(rng.integers(0, 3)) if kind == "gap" else int((z1 - z0) / rng.uniform(5, 10))
         for _ in range(n):
-            tree(b, lot + sign * rng.uniform(1.0, 8.0 if kind == "gap" else 25.0), rng.uniform(z0, z1), 2,
-                 scale=rng.uniform(0.9, 1.5))  # fmt: skip
+            tree(
+                b,
+                lot + sign * rng.uniform(1.0, 8.0 if kind == "gap" else 25.0),
+                rng.uniform(z0, z1),
+                2,
+                scale=rng.uniform(0.9, 1.5),
+            )
         for _ in range(int(rng.integers(0, 3))):
             bushes(b, lot + sign * rng.uniform(1.0, 5.0), rng.uniform(z0, z1), 2)
         if rng.random() < 0.3:
             cls = FENCE if rng.random() < 0.6 else WALL
-            b.add(2, z0 - 0.01, [face_x(lot, z0, z1, 0, rng.uniform(0.8, 1.6), cls, "fence" if cls == FENCE else "concrete", b.tone())])
+            b.add(
+                2,
+                z0 - 0.01,
+                [face_x(lot, z0, z1, 0, rng.uniform(0.8, 1.6), cls, "fence" if cls == FENCE else "concrete", b.tone())],
+            )
     elif kind == "street":
         if rng.random() < 0.8:
             pole_with(b, edge + sign * 0.6, z0 - 1.0, sign, "light")
@@ -203,7 +248,11 @@ def _back_row_and_far_end(b: Builder, lot_lines: dict, z_far: float, closing: bo
         elif rng.random() < 0.6:
             tone = b.tone()
             r = rng.uniform(4, 8)
-            b.add(0, zs - 10, [Part(DISC, (xc, r * 0.6, zs - 10, r), VEGETATION, M["foliage"], tone) for xc in np.arange(x, x1, r)])
+            b.add(
+                0,
+                zs - 10,
+                [Part(DISC, (xc, r * 0.6, zs - 10, r), VEGETATION, M["foliage"], tone) for xc in np.arange(x, x1, r)],
+            )
         x = x1
 
 

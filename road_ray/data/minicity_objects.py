@@ -17,9 +17,29 @@ import cv2
 import numpy as np
 
 from road_ray.data.minicity_scene import (
-    BAR, BUS, CAR, DISC, LIGHT, MOTORCYCLE, PERSON, POLE, RIDER, SIGN, TRAIN, TRUCK, VEGETATION,
-    M, Part, box, circle_x, circle_y0, face_x, face_z, poly, visible_side_x,
-)  # fmt: skip
+    BAR,
+    BUS,
+    CAR,
+    DISC,
+    LIGHT,
+    MOTORCYCLE,
+    PERSON,
+    POLE,
+    RIDER,
+    SIGN,
+    TRAIN,
+    TRUCK,
+    VEGETATION,
+    M,
+    Part,
+    box,
+    circle_x,
+    circle_y0,
+    face_x,
+    face_z,
+    poly,
+    visible_side_x,
+)
 
 
 class Builder:
@@ -77,12 +97,16 @@ def tree(b: Builder, x: float, z: float, layer: int, scale: float = 1.0, focus: 
     trunk_h = (1.8 + 1.4 * u[0]) * scale
     r = (1.6 + 1.6 * u[1]) * scale
     yc = trunk_h + 0.7 * r
-    parts = [Part(BAR, (x, z, 0.0, trunk_h + 0.3 * r, (0.22 + 0.18 * u[2]) * scale), VEGETATION, M["bark"], tone),
-             Part(DISC, (x, yc, z, r), VEGETATION, M["foliage"], tone)]  # fmt: skip
+    parts = [
+        Part(BAR, (x, z, 0.0, trunk_h + 0.3 * r, (0.22 + 0.18 * u[2]) * scale), VEGETATION, M["bark"], tone),
+        Part(DISC, (x, yc, z, r), VEGETATION, M["foliage"], tone),
+    ]
     n = 2 + int(u[3] * 4) if z < 60 else 1
     for k in range(n):
         a, d, rr = u[4 + 3 * k] * 2 * math.pi, r * (0.35 + 0.4 * u[5 + 3 * k]), r * (0.45 + 0.3 * u[6 + 3 * k])
-        parts.append(Part(DISC, (x + d * math.cos(a), yc + 0.8 * d * math.sin(a), z, rr), VEGETATION, M["foliage"], tone))
+        parts.append(
+            Part(DISC, (x + d * math.cos(a), yc + 0.8 * d * math.sin(a), z, rr), VEGETATION, M["foliage"], tone)
+        )
     b.add(layer, z - r, parts, focus)
     if b.sun_dir is not None:
         dx, dz = b.sun_dir
@@ -94,7 +118,9 @@ def bushes(b: Builder, x: float, z: float, layer: int) -> None:
     parts = []
     for _ in range(rng.integers(1, 4)):
         r = rng.uniform(0.5, 1.2)
-        parts.append(Part(DISC, (x + rng.uniform(-1, 1), 0.7 * r, z + rng.uniform(-1, 1), r), VEGETATION, M["foliage"], tone))
+        parts.append(
+            Part(DISC, (x + rng.uniform(-1, 1), 0.7 * r, z + rng.uniform(-1, 1), r), VEGETATION, M["foliage"], tone)
+        )
     b.add(layer, z - 1.0, parts)
 
 
@@ -115,13 +141,21 @@ def person(b: Builder, x: float, z: float, cls: int = PERSON, seated: bool = Fal
         hip = 0.48 * h
         for s in (-1, 1):
             foot = x + s * stride
-            leg = np.array([[foot - 0.055 * h, 0, z], [foot + 0.055 * h, 0, z], [x + s * 0.01 * h + s * 0.1 * h, hip, z],
-                            [x + s * 0.01 * h, hip, z]])  # fmt: skip
+            leg = np.array(
+                [
+                    [foot - 0.055 * h, 0, z],
+                    [foot + 0.055 * h, 0, z],
+                    [x + s * 0.01 * h + s * 0.1 * h, hip, z],
+                    [x + s * 0.01 * h, hip, z],
+                ]
+            )
             parts.append(poly(leg, cls, "clothes", t_low, ("z", z)))
         top = 0.81 * h
     torso_low = hip - 0.03 * h
     for s in (-1, 1):  # arms
-        parts.append(face_z(x + s * w, x + s * (w + 0.05 * h), torso_low + 0.05 * h, top - 0.02 * h, z, cls, "clothes", t_up))
+        parts.append(
+            face_z(x + s * w, x + s * (w + 0.05 * h), torso_low + 0.05 * h, top - 0.02 * h, z, cls, "clothes", t_up)
+        )
     parts.append(face_z(x - w, x + w, torso_low, top, z, cls, "clothes", t_up))
     parts.append(face_z(x - 0.03 * h, x + 0.03 * h, top - 0.01 * h, top + 0.04 * h, z, cls, "skin", t_skin))
     parts.append(Part(DISC, (x, top + 0.1 * h, z, 0.068 * h), cls, M["skin"], t_skin))
@@ -133,7 +167,7 @@ def person(b: Builder, x: float, z: float, cls: int = PERSON, seated: bool = Fal
 
 def two_wheeler(b: Builder, x: float, z0: float, cls: int, rider: bool, focus: bool = False) -> None:
     """A bicycle or motorcycle along the street (side view in the plane X = x), with or without its rider."""
-    rng, tone = b.rng, b.tone()
+    tone = b.tone()
     moto = cls == MOTORCYCLE
     r, length = (0.31, 2.0) if moto else (0.34, 1.75)
     za, zb = z0 + r + 0.02, z0 + length - r - 0.02
@@ -147,8 +181,14 @@ def two_wheeler(b: Builder, x: float, z0: float, cls: int, rider: bool, focus: b
         parts.append(face_z(x - 0.08, x + 0.08, 0.75, 0.85, z0 + 0.24, cls, "rear_light", tone))
     else:
         t = 0.06
-        frame = [((za, r), (z0 + 0.85, 0.35)), ((z0 + 0.85, 0.35), (zb - 0.1, 0.85)), ((za + 0.2, 0.9), (zb - 0.1, 0.85)),
-                 ((za, r), (za + 0.25, 0.9)), ((z0 + 0.85, 0.35), (za + 0.2, 0.9)), ((zb, r), (zb - 0.15, 1.05))]  # fmt: skip
+        frame = [
+            ((za, r), (z0 + 0.85, 0.35)),
+            ((z0 + 0.85, 0.35), (zb - 0.1, 0.85)),
+            ((za + 0.2, 0.9), (zb - 0.1, 0.85)),
+            ((za, r), (za + 0.25, 0.9)),
+            ((z0 + 0.85, 0.35), (za + 0.2, 0.9)),
+            ((zb, r), (zb - 0.15, 1.05)),
+        ]
         for (zp, yp), (zq, yq) in frame:
             quad = np.array([[x, yp - t, zp], [x, yq - t, zq], [x, yq + t, zq], [x, yp + t, zp]])
             parts.append(poly(quad, cls, "frame", tone, ("x", x), (1.0, 0.0, 0.0)))
@@ -167,7 +207,7 @@ def vehicle(b: Builder, kind: int, x: float, z0: float, oncoming: bool, focus: b
         TRUCK: (rng.uniform(2.3, 2.5), rng.uniform(6.5, 10.0), rng.uniform(3.0, 3.8)),
         BUS: (2.55, rng.uniform(10.0, 12.5), rng.uniform(3.0, 3.4)),
         TRAIN: (2.4, rng.uniform(20.0, 32.0), rng.uniform(3.3, 3.7)),
-    }[kind]  # fmt: skip
+    }[kind]
     x0, x1, z1 = x - W / 2, x + W / 2, z0 + L
     detail = z0 < 45 or focus  # far away, lights, wheels and side windows are below a pixel
     xs = visible_side_x(x0, x1) if detail else None
@@ -247,7 +287,9 @@ def pole_with(b: Builder, x: float, z: float, side: float, kind: str, focus: boo
         spots = [(x, h - 0.05)] if not mast else []
         if mast:
             reach = rng.uniform(3.0, 6.5)
-            parts.append(face_z(min(x, x - side * reach), max(x, x - side * reach), h - 0.2, h, z, POLE, "metal_pole", tone))
+            parts.append(
+                face_z(min(x, x - side * reach), max(x, x - side * reach), h - 0.2, h, z, POLE, "metal_pole", tone)
+            )
             spots = [(x - side * reach * f, h - 0.2) for f in ((0.95,) if rng.random() < 0.5 else (0.55, 0.95))]
             if rng.random() < 0.5:
                 spots.append((x, 3.4))
@@ -257,7 +299,9 @@ def pole_with(b: Builder, x: float, z: float, side: float, kind: str, focus: boo
             parts.append(face_z(xl - 0.17, xl + 0.17, top - 0.95, top, z - 0.05, LIGHT, "housing", tone))
             if facing:
                 for i in range(3):
-                    parts.append(Part(DISC, (xl, top - 0.17 - 0.3 * i, z - 0.1, 0.1), LIGHT, M["lamp"], (lt[0], i / 2, lt[2])))
+                    parts.append(
+                        Part(DISC, (xl, top - 0.17 - 0.3 * i, z - 0.1, 0.1), LIGHT, M["lamp"], (lt[0], i / 2, lt[2]))
+                    )
     b.add(3, z, parts, focus)
     b.shadow(_rect(x - w / 2, x + w / 2, z - w / 2, z + w / 2), parts[0].geom[3])
 
@@ -267,11 +311,16 @@ def _sign(b: Builder, x: float, z: float, top: float) -> list[Part]:
     shape = int(np.searchsorted([0.45, 0.8], rng.random()))
     if shape == 0:  # round
         r = rng.uniform(0.3, 0.4)
-        return [Part(DISC, (x, top - r, z, r), SIGN, M["sign"], tone), Part(DISC, (x, top - r, z - 0.01, r * 0.7), SIGN, M["sign_mark"], tone)]
+        return [
+            Part(DISC, (x, top - r, z, r), SIGN, M["sign"], tone),
+            Part(DISC, (x, top - r, z - 0.01, r * 0.7), SIGN, M["sign_mark"], tone),
+        ]
     if shape == 1:  # rectangle
         w, h = rng.uniform(0.5, 1.0), rng.uniform(0.5, 0.9)
-        return [face_z(x - w / 2, x + w / 2, top - h, top, z, SIGN, "sign", tone),
-                face_z(x - w / 3, x + w / 3, top - 0.7 * h, top - 0.3 * h, z - 0.01, SIGN, "sign_mark", tone)]  # fmt: skip
+        return [
+            face_z(x - w / 2, x + w / 2, top - h, top, z, SIGN, "sign", tone),
+            face_z(x - w / 3, x + w / 3, top - 0.7 * h, top - 0.3 * h, z - 0.01, SIGN, "sign_mark", tone),
+        ]
     s = rng.uniform(0.6, 0.9)
     tri = np.array([[x - s / 2, top - 0.87 * s, z], [x + s / 2, top - 0.87 * s, z], [x, top, z]])
     return [poly(tri, SIGN, "sign", tone, ("z", z))]

@@ -23,8 +23,21 @@ import numpy as np
 
 from road_ray.data.minicity_colours import LAMP_RGB, tone_colours
 from road_ray.data.minicity_scene import (
-    BAR, DISC, IGNORE, LIGHT, MATERIALS, POLY, ROAD, SIDEWALK, SKY, TERRAIN, Z_NEAR, M, Scene, ground_classes,
-)  # fmt: skip
+    BAR,
+    DISC,
+    IGNORE,
+    LIGHT,
+    MATERIALS,
+    POLY,
+    ROAD,
+    SIDEWALK,
+    SKY,
+    TERRAIN,
+    Z_NEAR,
+    M,
+    Scene,
+    ground_classes,
+)
 
 STYLES = ("game", "photo")
 SKY_ID, HOOD_ID, FIRST_PART_ID = 0, 4, 5  # ids 1..3: road, sidewalk, terrain
@@ -78,7 +91,12 @@ def project_polygons(cam, polys: list[np.ndarray]) -> list[np.ndarray | None]:
                 out.append(None)
                 continue
             p = cam.project(clipped)
-            ok = p[:, 0].max() >= -1 and p[:, 0].min() <= cam.width and p[:, 1].max() >= -1 and p[:, 1].min() <= cam.height
+            ok = (
+                p[:, 0].max() >= -1
+                and p[:, 0].min() <= cam.width
+                and p[:, 1].max() >= -1
+                and p[:, 1].min() <= cam.height
+            )
             out.append(np.round(np.clip(p, -1e5, 1e5) * (1 << _SHIFT)).astype(np.int32) if ok else None)
         else:
             out.append(fixed[a : a + n] if visible[i] else None)
@@ -243,9 +261,20 @@ def _plane_coords(scene: Scene, raster: Raster, mask: np.ndarray, part_ids: np.n
 
 
 # Per-material grain of the photo style: amplitude of fine (pixel) and mid (a few pixels) noise.
-_GRAIN = {"asphalt": (0.12, 0.0), "paving": (0.10, 0.0), "grass": (0.35, 0.25), "facade": (0.10, 0.10),
-          "concrete": (0.08, 0.18), "foliage": (0.25, 0.45), "bark": (0.15, 0.30), "paint": (0.02, 0.05),
-          "clothes": (0.05, 0.10), "skin": (0.05, 0.05), "glass": (0.05, 0.15), "metal_pole": (0.05, 0.05)}  # fmt: skip
+_GRAIN = {
+    "asphalt": (0.12, 0.0),
+    "paving": (0.10, 0.0),
+    "grass": (0.35, 0.25),
+    "facade": (0.10, 0.10),
+    "concrete": (0.08, 0.18),
+    "foliage": (0.25, 0.45),
+    "bark": (0.15, 0.30),
+    "paint": (0.02, 0.05),
+    "clothes": (0.05, 0.10),
+    "skin": (0.05, 0.05),
+    "glass": (0.05, 0.15),
+    "metal_pole": (0.05, 0.05),
+}
 _FINE = np.array([_GRAIN.get(m, (0.03, 0.03))[0] for m in MATERIALS], np.float32)
 _MID = np.array([_GRAIN.get(m, (0.03, 0.03))[1] for m in MATERIALS], np.float32)
 

@@ -22,16 +22,54 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 # trainIds (road_ray.labels.CLASS_NAMES order)
-(ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY,
- PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE) = range(19)  # fmt: skip
+(
+    ROAD,
+    SIDEWALK,
+    BUILDING,
+    WALL,
+    FENCE,
+    POLE,
+    LIGHT,
+    SIGN,
+    VEGETATION,
+    TERRAIN,
+    SKY,
+    PERSON,
+    RIDER,
+    CAR,
+    TRUCK,
+    BUS,
+    TRAIN,
+    MOTORCYCLE,
+    BICYCLE,
+) = range(19)
 IGNORE = 255
 
 # Materials: what a surface is made of, for the renderer (the label is the part's class).
 MATERIALS = (
-    "sky", "asphalt", "paving", "grass", "facade", "concrete", "fence", "metal_pole",
-    "housing", "lamp", "sign", "sign_mark", "foliage", "bark", "skin", "clothes",
-    "paint", "glass", "tyre", "rear_light", "frame", "hood",
-)  # fmt: skip
+    "sky",
+    "asphalt",
+    "paving",
+    "grass",
+    "facade",
+    "concrete",
+    "fence",
+    "metal_pole",
+    "housing",
+    "lamp",
+    "sign",
+    "sign_mark",
+    "foliage",
+    "bark",
+    "skin",
+    "clothes",
+    "paint",
+    "glass",
+    "tyre",
+    "rear_light",
+    "frame",
+    "hood",
+)
 M = {name: i for i, name in enumerate(MATERIALS)}
 
 POLY, DISC, BAR = 0, 1, 2  # part kinds
@@ -50,19 +88,25 @@ class Camera:
     cam_height: float
     hood: float = 0.0
 
-    def crop(self, top: float, left: float, size: float, out: int) -> "Camera":
+    def crop(self, top: float, left: float, size: float, out: int) -> Camera:
         """The camera whose ``out x out`` image is the square window ``(top, left, size)`` of this one, resampled."""
         s = out / size
         return replace(
-            self, height=out, width=out, focal=self.focal * s, hood=0.0,
-            cx=(self.cx - left + 0.5) * s - 0.5, horizon=(self.horizon - top + 0.5) * s - 0.5,
-        )  # fmt: skip
+            self,
+            height=out,
+            width=out,
+            focal=self.focal * s,
+            hood=0.0,
+            cx=(self.cx - left + 0.5) * s - 0.5,
+            horizon=(self.horizon - top + 0.5) * s - 0.5,
+        )
 
     def project(self, xyz: np.ndarray) -> np.ndarray:
         """(N, 3) world points with Z > 0 -> (N, 2) pixel coordinates (u, v)."""
         z = xyz[:, 2]
         return np.stack(
-            [self.cx + self.focal * xyz[:, 0] / z, self.horizon + self.focal * (self.cam_height - xyz[:, 1]) / z], axis=1
+            [self.cx + self.focal * xyz[:, 0] / z, self.horizon + self.focal * (self.cam_height - xyz[:, 1]) / z],
+            axis=1,
         )
 
 
@@ -153,8 +197,10 @@ def quad_x(x: float, z0: float, z1: float, y0: float, y1: float) -> np.ndarray:
     return np.array([[x, y0, z0], [x, y0, z1], [x, y1, z1], [x, y1, z0]], dtype=np.float64)
 
 
-_UNIT = np.stack([np.cos(np.linspace(0, 2 * math.pi, 12, endpoint=False)),
-                  np.sin(np.linspace(0, 2 * math.pi, 12, endpoint=False))], axis=1)  # fmt: skip
+_UNIT = np.stack(
+    [np.cos(np.linspace(0, 2 * math.pi, 12, endpoint=False)), np.sin(np.linspace(0, 2 * math.pi, 12, endpoint=False))],
+    axis=1,
+)
 
 
 def circle_x(x: float, z: float, y: float, r: float) -> np.ndarray:
@@ -192,8 +238,16 @@ def box(x0, x1, y0, y1, z0, z1, cls, mat, tone, cam_height: float) -> list[Part]
     """The faces of an axis-aligned box that the camera can see, back to front."""
     parts = []
     if y1 < cam_height:
-        parts.append(poly(np.array([[x0, y1, z0], [x1, y1, z0], [x1, y1, z1], [x0, y1, z1]]), cls, mat, tone,
-                          ("z", z0), (0.0, 1.0, 0.0)))  # fmt: skip
+        parts.append(
+            poly(
+                np.array([[x0, y1, z0], [x1, y1, z0], [x1, y1, z1], [x0, y1, z1]]),
+                cls,
+                mat,
+                tone,
+                ("z", z0),
+                (0.0, 1.0, 0.0),
+            )
+        )
     if x1 < 0:
         parts.append(face_x(x1, z0, z1, y0, y1, cls, mat, tone))
     elif x0 > 0:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import posixpath
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +21,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
+
+from road_ray.storage import join, open_fs, with_scheme
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -40,18 +41,6 @@ DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
 # At most this many rows per part: Ray Data reads a split with one task per file (or group of
 # files), so a split needs several parts to be read (and cropped, fused) on several CPUs.
 DEFAULT_SHARD_ROWS = 128
-
-
-def open_fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow file system and the path inside it, for a local path or a URI."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(uri)
-
-
-def join(base: str, *parts: str) -> str:
-    """Join path parts of a local path or a URI (always with '/')."""
-    return posixpath.join(base.rstrip("/"), *parts)
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -75,8 +64,13 @@ class ShardWriter:
     and the parts already completed are kept (they are whole). ``close()`` returns the parts.
     """
 
-    def __init__(self, out_dir: str, max_bytes: int = DEFAULT_SHARD_BYTES, rows_per_group: int = 64,
-                 max_rows: int = DEFAULT_SHARD_ROWS):  # fmt: skip
+    def __init__(
+        self,
+        out_dir: str,
+        max_bytes: int = DEFAULT_SHARD_BYTES,
+        rows_per_group: int = 64,
+        max_rows: int = DEFAULT_SHARD_ROWS,
+    ):
         if min(max_bytes, rows_per_group, max_rows) < 1:
             raise ValueError(f"ShardWriter {out_dir}: expected max_bytes, rows_per_group and max_rows >= 1")
         self.out_dir = out_dir
@@ -146,7 +140,7 @@ class ShardWriter:
                     pass
         self._writer, self._tmp, self._rows = None, None, []
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -173,7 +167,9 @@ def read_manifest(out: str) -> dict[str, Any]:
         with fs.open_input_stream(target) as f:
             return json.loads(f.read().decode())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{join(out, MANIFEST)}: no manifest; expected a folder written by `road-ray prepare`") from None
+        raise FileNotFoundError(
+            f"{join(out, MANIFEST)}: no manifest; expected a folder written by `road-ray prepare`"
+        ) from None
 
 
 def list_shard_files(shard_dir: str) -> list[str]:
@@ -189,10 +185,7 @@ def list_shard_files(shard_dir: str) -> list[str]:
     )
     if not files:
         raise ValueError(f"shard folder {shard_dir!r} holds no part-*.parquet files")
-    if "://" in shard_dir:
-        scheme = shard_dir.split("://", 1)[0]
-        files = [f"{scheme}://{f}" for f in files]
-    return files
+    return [with_scheme(shard_dir, f) for f in files]
 
 
 def iter_rows(shard_dir: str, columns: list[str] | None = None, batch_rows: int = 16) -> Iterator[dict[str, Any]]:

@@ -266,7 +266,11 @@ class CropBatch:
             images[i], crop_label, boxes[i] = random_scale_crop(image, label, c, scale, rng, self.flip)
             if labels is not None:
                 labels[i] = crop_label
-        out = {"image": np.ascontiguousarray(np.moveaxis(images, -1, -3)), "box": boxes, "id": np.array(ids, dtype=object)}
+        out = {
+            "image": np.ascontiguousarray(np.moveaxis(images, -1, -3)),
+            "box": boxes,
+            "id": np.array(ids, dtype=object),
+        }
         if labels is not None:
             out["label"] = labels
         return out

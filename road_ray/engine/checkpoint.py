@@ -13,7 +13,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from road_ray import storage
 from road_ray.config import Config, config_from_dict
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -105,7 +105,9 @@ def read_checkpoint_config(directory: str | Path) -> Config:
     """The resolved config stored in a checkpoint directory (clear errors if it is not one)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint {str(directory)!r} does not exist (expected a directory written by road-ray train)")
+        raise FileNotFoundError(
+            f"checkpoint {str(directory)!r} does not exist (expected a directory written by road-ray train)"
+        )
     cfg_file = directory / CONFIG_FILE
     if not cfg_file.is_file() or not (directory / CHECKPOINT_FILE).is_file():
         raise ValueError(f"checkpoint {str(directory)!r} is incomplete: expected {CHECKPOINT_FILE} and {CONFIG_FILE}")
@@ -156,16 +158,7 @@ def load_student_state(student: torch.nn.Module, state: dict[str, torch.Tensor],
 def local_checkpoint(directory: str | Path) -> str:
     """A checkpoint folder readable here: a URI (``s3://``, ``gs://``, ``file://``) is copied
     into a temporary folder first; a plain path is returned as it is."""
-    text = str(directory)
-    if "://" not in text:
-        return text
-    import pyarrow.fs as pafs
-
-    from road_ray.data.shards import open_fs
-
-    fs, path = open_fs(text)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        raise FileNotFoundError(f"checkpoint {text}: no such folder")
-    local = tempfile.mkdtemp(prefix="road-ray-checkpoint-")
-    pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    return local
+    try:
+        return storage.copy_to_local(str(directory), prefix="road-ray-checkpoint-")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {directory}: no such folder") from None

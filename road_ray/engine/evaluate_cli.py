@@ -132,9 +132,11 @@ def eval_from_cli(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = resolve_checkpoint(args)
     model, cfg, iteration = load_model(local_checkpoint(checkpoint))  # a URI is fetched first
     settings = EvalSettings(
-        mode=args.mode or cfg.data.eval_mode, scale=args.scale or cfg.data.eval_scale,
-        window=cfg.data.crop_size, max_images=args.max_images,
-    )  # fmt: skip
+        mode=args.mode or cfg.data.eval_mode,
+        scale=args.scale or cfg.data.eval_scale,
+        window=cfg.data.crop_size,
+        max_images=args.max_images,
+    )
     label_space = get_label_space(cfg.data.label_space)
     with tempfile.TemporaryDirectory(prefix="road-ray-eval-") as tmp:
         shards = resolve_shards(args, cfg, tmp)
@@ -151,8 +153,11 @@ def eval_from_cli(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"{shards}: no images to evaluate")
     if scores["miou"] is None:
         raise ValueError(f"{shards}: no labeled rows; mIoU is unavailable")
-    print(f"checkpoint {checkpoint} (iteration {iteration}) on {shards}: {scores['images']} images, "
-          f"{settings.mode} inference, {scores['images'] / seconds:.2f} img/s", file=sys.stderr)  # fmt: skip
+    print(
+        f"checkpoint {checkpoint} (iteration {iteration}) on {shards}: {scores['images']} images, "
+        f"{settings.mode} inference, {scores['images'] / seconds:.2f} img/s",
+        file=sys.stderr,
+    )
     print(format_table(scores))
     result = {k: v for k, v in scores.items() if k != "confusion_matrix"}
     result.update({"checkpoint": str(checkpoint), "shards": shards, "iteration": iteration})

@@ -27,7 +27,9 @@ def predict_whole(model: nn.Module, image: torch.Tensor, scale: float = 1.0) -> 
     h, w = image.shape[-2:]
     x = image
     if scale != 1.0:
-        x = F.interpolate(image, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear", align_corners=False)
+        x = F.interpolate(
+            image, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear", align_corners=False
+        )
     logits = _logits(model, x)
     if logits.shape[-2:] != (h, w):
         logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)

@@ -72,9 +72,12 @@ def build_objective(cfg: Config, device: torch.device) -> ROADObjective:
     needs_teacher = cfg.road.mode in DISTILLATION_MODES and cfg.road.lambda_dist > 0
     teacher = build_teacher(cfg.model) if needs_teacher else None
     objective = ROADObjective(
-        student, teacher, cfg.road, teacher_layer=cfg.model.teacher_layer,
+        student,
+        teacher,
+        cfg.road,
+        teacher_layer=cfg.model.teacher_layer,
         feature_channels=student.feature_channels["out"],
-    )  # fmt: skip
+    )
     objective.to(device)
     if device.type == "cuda":
         objective.to(memory_format=torch.channels_last)
@@ -145,9 +148,12 @@ def train_loop(
 
     label_space = get_label_space(cfg.data.label_space)
     eval_settings = EvalSettings(
-        mode=cfg.data.eval_mode, scale=cfg.data.eval_scale, window=cfg.data.crop_size,
-        max_images=cfg.data.max_val_images, autocast_dtype=amp_dtype,
-    )  # fmt: skip
+        mode=cfg.data.eval_mode,
+        scale=cfg.data.eval_scale,
+        window=cfg.data.crop_size,
+        max_images=cfg.data.max_val_images,
+        autocast_dtype=amp_dtype,
+    )
     images_per_step = (cfg.data.batch_source + cfg.data.batch_target) * hooks.world_size
     metrics: dict[str, Any] = {"iter": start_iter}
     t_window, it_window = time.perf_counter(), start_iter
@@ -161,9 +167,15 @@ def train_loop(
         except KeyError:
             return None
         return evaluate(
-            student, batches, label_space, eval_settings, device,
-            rank=hooks.rank, world_size=hooks.world_size, all_reduce=hooks.all_reduce,
-        )  # fmt: skip
+            student,
+            batches,
+            label_space,
+            eval_settings,
+            device,
+            rank=hooks.rank,
+            world_size=hooks.world_size,
+            all_reduce=hooks.all_reduce,
+        )
 
     if start_iter >= cfg.optim.max_iters:
         # Nothing left to do, but a resumed trial must still report once (ray-notes).
@@ -191,10 +203,15 @@ def train_loop(
             t_window, it_window = now, iteration
             eta = (cfg.optim.max_iters - iteration) * images_per_step / max(ips, 1e-9)
             metrics = {
-                "iter": iteration, "lr": lr, "loss/total": total, "loss/seg": losses["seg"],
-                "loss/dist": losses["dist"], "loss/spt": losses["spt"],
-                "domain_acc": out.domain_acc.item(), "images_per_s": ips,
-            }  # fmt: skip
+                "iter": iteration,
+                "lr": lr,
+                "loss/total": total,
+                "loss/seg": losses["seg"],
+                "loss/dist": losses["dist"],
+                "loss/spt": losses["spt"],
+                "domain_acc": out.domain_acc.item(),
+                "images_per_s": ips,
+            }
             if hooks.rank == 0:
                 hooks.log(
                     f"[train] iter {iteration}/{cfg.optim.max_iters} loss {total:.4f} (seg {losses['seg']:.4f} "
@@ -214,9 +231,14 @@ def train_loop(
                 ckpt = None
                 if hooks.rank == 0:
                     ckpt = save_checkpoint(
-                        Path(tmp) / "checkpoint", config=cfg, iteration=iteration, student=student,
-                        domain_classifiers=objective.domain_classifiers, optimizer=optimizer, metrics=metrics,
-                    )  # fmt: skip
+                        Path(tmp) / "checkpoint",
+                        config=cfg,
+                        iteration=iteration,
+                        student=student,
+                        domain_classifiers=objective.domain_classifiers,
+                        optimizer=optimizer,
+                        metrics=metrics,
+                    )
                     hooks.log(_eval_line(metrics))
                 hooks.report(dict(metrics), ckpt)
     return metrics

@@ -7,7 +7,8 @@ score -- mIoU over 19 classes, or mIoU16 and mIoU13 for SYNTHIA -- comes from th
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -34,11 +34,19 @@ def build_optimizer(
     """
     groups = [
         {"params": [p for p in student.backbone_parameters() if p.requires_grad], "lr_mult": 1.0, "name": "backbone"},
-        {"params": [p for p in student.head_parameters() if p.requires_grad], "lr_mult": cfg.head_lr_mult, "name": "head"},
+        {
+            "params": [p for p in student.head_parameters() if p.requires_grad],
+            "lr_mult": cfg.head_lr_mult,
+            "name": "head",
+        },
     ]
     if domain_classifiers is not None:
         groups.append(
-            {"params": list(domain_classifiers.parameters()), "lr_mult": cfg.classifier_lr_mult, "name": "domain_classifiers"}
+            {
+                "params": list(domain_classifiers.parameters()),
+                "lr_mult": cfg.classifier_lr_mult,
+                "name": "domain_classifiers",
+            }
         )
     groups = [g for g in groups if g["params"]]
     for g in groups:

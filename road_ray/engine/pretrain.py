@@ -43,11 +43,17 @@ def _cache_key(minicity_dir: str, settings: PretrainSettings) -> str:
     net = build_segmenter(ModelConfig(backbone="small", pretrained="none"))
     layout = sorted((k, tuple(v.shape)) for k, v in net.backbone.state_dict().items())
     blob = json.dumps(
-        {"minicity": manifest.get("version"), "size": manifest.get("size"), "seed": manifest.get("seed"),
-         "pretrain": manifest.get("splits", {}).get("pretrain", {}).get("rows"),
-         "layout": layout, "settings": asdict(settings)},
-        sort_keys=True, default=str,
-    )  # fmt: skip
+        {
+            "minicity": manifest.get("version"),
+            "size": manifest.get("size"),
+            "seed": manifest.get("seed"),
+            "pretrain": manifest.get("splits", {}).get("pretrain", {}).get("rows"),
+            "layout": layout,
+            "settings": asdict(settings),
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -58,8 +64,9 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def pretrain_small_backbone(minicity_dir: str, out_file: Path, settings: PretrainSettings = PretrainSettings(),
-                            log=print) -> dict:  # fmt: skip
+def pretrain_small_backbone(
+    minicity_dir: str, out_file: Path, settings: PretrainSettings = PretrainSettings(), log=print
+) -> dict:
     """Train the small backbone on ``minicity_dir/pretrain`` and save its state dict to ``out_file``."""
     from road_ray.data.minicity import read_pretrain_set
     from road_ray.models import build_segmenter
@@ -95,8 +102,10 @@ def pretrain_small_backbone(minicity_dir: str, out_file: Path, settings: Pretrai
             sched.step()
             step += 1
         acc = _accuracy(backbone, classifier, x_va, y_va, last)
-        log(f"[pretrain] epoch {epoch + 1}/{settings.epochs} loss {loss.item():.3f} val acc {acc:.1%} "
-            f"({time.time() - start:.0f}s)")  # fmt: skip
+        log(
+            f"[pretrain] epoch {epoch + 1}/{settings.epochs} loss {loss.item():.3f} val acc {acc:.1%} "
+            f"({time.time() - start:.0f}s)"
+        )
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_suffix(f".tmp{os.getpid()}")
     torch.save(backbone.state_dict(), tmp)
@@ -116,8 +125,9 @@ def _accuracy(backbone: nn.Module, classifier: nn.Module, x: torch.Tensor, y: to
     return (logits.argmax(1) == y).float().mean().item()
 
 
-def ensure_pretrained_small_backbone(minicity_dir: str, cache_dir: Path, settings: PretrainSettings = PretrainSettings(),
-                                     log=print) -> Path:  # fmt: skip
+def ensure_pretrained_small_backbone(
+    minicity_dir: str, cache_dir: Path, settings: PretrainSettings = PretrainSettings(), log=print
+) -> Path:
     """The cached pretrained small backbone for ``minicity_dir``; trained on first use."""
     path = cache_dir / f"small_backbone_{_cache_key(minicity_dir, settings)}.pt"
     if path.is_file():
@@ -127,6 +137,8 @@ def ensure_pretrained_small_backbone(minicity_dir: str, cache_dir: Path, setting
             log(f"[pretrain] pretraining the small backbone on {minicity_dir}/pretrain (runs once; cached in {path})")
             info = pretrain_small_backbone(minicity_dir, path, settings, log=log)
             toy = " (a toy-size set: the accuracy means nothing)" if info["images"] < 1000 else ""
-            log(f"[pretrain] done: val accuracy {info['val_accuracy']:.1%} on {info['classes']} classes, "
-                f"{info['images']} images{toy}")  # fmt: skip
+            log(
+                f"[pretrain] done: val accuracy {info['val_accuracy']:.1%} on {info['classes']} classes, "
+                f"{info['images']} images{toy}"
+            )
     return path

@@ -78,4 +78,3 @@ def check_shard_folders(cfg: Config) -> None:
                 list_shard_files(path)
             except ValueError as e:
                 raise ValueError(f"data.{key}: {e}") from None
-

@@ -87,8 +87,13 @@ class Backbone(nn.Module):
         check_image_batch(x)
         upto = "out" if upto is None else upto
         self.check_tap(upto)
-        if self.truncated_after is not None and upto not in self.stage_names[: self.stage_names.index(self.truncated_after) + 1]:
-            raise ValueError(f"this backbone was truncated after {self.truncated_after!r}; it cannot run up to {upto!r}")
+        if (
+            self.truncated_after is not None
+            and upto not in self.stage_names[: self.stage_names.index(self.truncated_after) + 1]
+        ):
+            raise ValueError(
+                f"this backbone was truncated after {self.truncated_after!r}; it cannot run up to {upto!r}"
+            )
         last = self.stage_names[-1] if upto == "out" else upto
         features = self._run(x, self.stage_names[: self.stage_names.index(last) + 1])
         if upto == "out":
@@ -135,7 +140,7 @@ class Backbone(nn.Module):
             modules += self.stage_modules(name)
         return modules
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         for module in self._frozen_modules():
             module.eval()
@@ -178,17 +183,25 @@ class SmallBackbone(Backbone):
 
     stage_names = ("layer1", "layer2", "layer3", "layer4")
 
-    def __init__(self, channels: tuple[int, int, int, int] = (32, 64, 128, 256), blocks: tuple[int, int, int, int] = (1, 1, 2, 1)) -> None:
+    def __init__(
+        self, channels: tuple[int, int, int, int] = (32, 64, 128, 256), blocks: tuple[int, int, int, int] = (1, 1, 2, 1)
+    ) -> None:
         super().__init__()
         self.stage_channels = dict(zip(self.stage_names, channels))
         self.stage_strides = {"layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8}
         self.stem = nn.Sequential(
-            nn.Conv2d(3, 24, 3, 2, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU(inplace=True),
-            nn.Conv2d(24, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-        )  # fmt: skip
+            nn.Conv2d(3, 24, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(24),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(24, 32, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+        )
         in_ch = 32
         for name, out_ch, n, stride, dilation in zip(self.stage_names, channels, blocks, (2, 2, 1, 1), (1, 1, 2, 4)):
-            layers = [ResidualBlock(in_ch if i == 0 else out_ch, out_ch, stride if i == 0 else 1, dilation) for i in range(n)]
+            layers = [
+                ResidualBlock(in_ch if i == 0 else out_ch, out_ch, stride if i == 0 else 1, dilation) for i in range(n)
+            ]
             setattr(self, name, nn.Sequential(*layers))
             in_ch = out_ch
         for m in self.modules():
@@ -321,7 +334,9 @@ def _as_backbone_state(state: object, source: str) -> dict[str, Tensor]:
     ``classifier.*`` dropped), a Segmenter's (``backbone.*`` kept, head dropped) or a
     DDP-wrapped one (``module.`` stripped)."""
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
-        raise ValueError(f"{source}: expected a state dict (mapping of parameter names to tensors), got {type(state).__name__}")
+        raise ValueError(
+            f"{source}: expected a state dict (mapping of parameter names to tensors), got {type(state).__name__}"
+        )
     if state and all(k.startswith("module.") for k in state):
         state = _strip_prefix(state, "module.")
     if any(k.startswith("backbone.") for k in state):
@@ -413,4 +428,3 @@ def build_backbone(name: BackboneName, pretrained: str = "none") -> Backbone:
         return backbone
     load_backbone_weights(backbone, pretrained)
     return backbone
-

@@ -47,7 +47,9 @@ class PyramidPoolingHead(nn.Module):
     BatchNorm on the 1x1 bin needs more than one image per batch in training mode.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, bins: tuple[int, ...] = (1, 2, 3, 6), bottleneck: int = 512) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, bins: tuple[int, ...] = (1, 2, 3, 6), bottleneck: int = 512
+    ) -> None:
         super().__init__()
         reduced = in_channels // len(bins)
         self.stages = nn.ModuleList(

@@ -80,7 +80,7 @@ class Teacher(nn.Module):
         self.layer = layer
         self.eval()
 
-    def train(self, mode: bool = True) -> "Teacher":
+    def train(self, mode: bool = True) -> Teacher:
         return super().train(False)
 
     @torch.no_grad()
@@ -121,7 +121,9 @@ def build_teacher(cfg: ModelConfig, layer: str | None = None) -> Teacher:
     _check_output_stride(cfg)
     layer = cfg.teacher_layer if layer is None else layer
     if layer not in tap_names(cfg.backbone):
-        raise ValueError(f"unknown teacher layer {layer!r} for backbone {cfg.backbone}; valid taps: {', '.join(tap_names(cfg.backbone))}")
+        raise ValueError(
+            f"unknown teacher layer {layer!r} for backbone {cfg.backbone}; valid taps: {', '.join(tap_names(cfg.backbone))}"
+        )
     if cfg.pretrained == "none":
         if not cfg.allow_untrained_teacher:
             raise ValueError(

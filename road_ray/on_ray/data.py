@@ -48,7 +48,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -56,7 +56,8 @@ import ray
 import torch
 from ray.data import DataContext, DataIterator, Dataset, ExecutionResources, FileShuffleConfig
 from ray.data.collate_fn import NumpyBatchCollateFn
-from ray.data.expressions import col, random as random_expr
+from ray.data.expressions import col
+from ray.data.expressions import random as random_expr
 
 from road_ray.config import DataConfig
 from road_ray.data.shards import count_rows, list_shard_files, open_fs
@@ -74,7 +75,7 @@ USE_DATASOURCE_V2 = False
 # Set ROAD_RAY_DATA_VERBOSE=1 to keep Ray Data's progress bars and per-execution log lines.
 VERBOSE_ENV = "ROAD_RAY_DATA_VERBOSE"
 
-Stream = Union[DataIterator, Dataset]
+Stream = DataIterator | Dataset
 
 
 # ---------------------------------------------------------------------------------------
@@ -473,9 +474,14 @@ def compare_with_dataloader(path: str, cfg: DataConfig, num_workers: int, steps:
 
     def ray_batches():
         return _endless_batches(
-            ds, name="bench", columns=("image", "label", "box"), batch_size=batch,
-            prefetch_batches=cfg.prefetch_batches, device="cpu", shuffle_buffer=0,
-        )  # fmt: skip
+            ds,
+            name="bench",
+            columns=("image", "label", "box"),
+            batch_size=batch,
+            prefetch_batches=cfg.prefetch_batches,
+            device="cpu",
+            shuffle_buffer=0,
+        )
 
     def loader_batches():
         loader = torch.utils.data.DataLoader(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import posixpath
 import shutil
 import sys
 import tempfile
@@ -29,11 +28,10 @@ from ray.train.torch import TorchTrainer
 
 from road_ray.config import SMOKE_OVERRIDES, Config, apply_overrides, config_from_dict, load_config
 from road_ray.engine.loop import LoopHooks, TrainingDiverged, train_loop
-from road_ray.data.shards import join, open_fs
 from road_ray.engine.resolve import check_shard_folders, resolve_config
 from road_ray.on_ray.data import CachedValidation, mixed_domain_batches, train_stream, val_stream
 from road_ray.paths import default_storage
-
+from road_ray.storage import absolute, join, read_text, with_scheme, write_text
 
 
 def run_name(cfg: Config) -> str:
@@ -71,13 +69,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(loop_config.get("torch_threads", 1))))
 
     batches = mixed_domain_batches(
-        ray.train.get_dataset_shard("source"), ray.train.get_dataset_shard("target"),
-        batch_source=cfg.data.batch_source, batch_target=cfg.data.batch_target,
-        prefetch_batches=cfg.data.prefetch_batches, device="cpu",
-    )  # fmt: skip
+        ray.train.get_dataset_shard("source"),
+        ray.train.get_dataset_shard("target"),
+        batch_source=cfg.data.batch_source,
+        batch_target=cfg.data.batch_target,
+        prefetch_batches=cfg.data.prefetch_batches,
+        device="cpu",
+    )
     # Validation images stay in the worker's memory after the first evaluation when they fit.
     val_splits = {
-        name: CachedValidation(lambda name=name: ray.train.get_dataset_shard(name)) for name in loop_config["val_splits"]
+        name: CachedValidation(lambda name=name: ray.train.get_dataset_shard(name))
+        for name in loop_config["val_splits"]
     }
 
     def val_batches(name: str):
@@ -94,18 +96,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     # Rank 0 keeps the run's whole metric history next to its checkpoints (Ray keeps only
     # the metrics of the checkpoints it keeps): one JSON object per report.
     history_uri = loop_config["history"]
-    history = (_read_text(history_uri) or "") if rank == 0 else ""
+    history = (read_text(history_uri) or "") if rank == 0 else ""
 
     def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         nonlocal history
         if rank == 0:
             history += json.dumps(metrics, default=float) + "\n"
-            _write_text(history_uri, history)
+            write_text(history_uri, history)
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(
-            _ray_metrics(metrics), checkpoint=checkpoint,
+            _ray_metrics(metrics),
+            checkpoint=checkpoint,
             checkpoint_dir_name=f"checkpoint_{int(metrics['iter']):07d}" if checkpoint else None,
-        )  # fmt: skip
+        )
         if fault_at and rank == 0 and metrics["iter"] >= fault_at and marker and not marker.exists():
             marker.write_text("injected")
             os._exit(1)  # a hard crash: no cleanup, like a lost node
@@ -120,35 +123,25 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         resume_dir = local_copy / "checkpoint"
 
     hooks = LoopHooks(
-        report=report, device=device, rank=rank, world_size=world_size, resume_dir=resume_dir,
-        wrap_module=_prepare_trainable, all_reduce=all_reduce if world_size > 1 else None, log=_worker_log,
-    )  # fmt: skip
+        report=report,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        resume_dir=resume_dir,
+        wrap_module=_prepare_trainable,
+        all_reduce=all_reduce if world_size > 1 else None,
+        log=_worker_log,
+    )
     try:
         train_loop(cfg, batches, val_batches, hooks)
     except TrainingDiverged as e:
         # Mark the run instead of crashing: a crash would be retried from the checkpoint and
         # diverge again. The driver reads the marker and stops with this reason.
         if rank == 0:
-            _write_text(loop_config["diverged_marker"], str(e))
+            write_text(loop_config["diverged_marker"], str(e))
     finally:
         if local_copy is not None:
             shutil.rmtree(local_copy, ignore_errors=True)
-
-
-def _write_text(uri: str, text: str) -> None:
-    fs, path = open_fs(uri)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
-
-
-def _read_text(uri: str) -> str | None:
-    fs, path = open_fs(uri)
-    try:
-        with fs.open_input_stream(path) as f:
-            return f.read().decode()
-    except (FileNotFoundError, OSError):
-        return None
 
 
 HISTORY_FILE = "metrics.jsonl"
@@ -156,7 +149,7 @@ HISTORY_FILE = "metrics.jsonl"
 
 def read_history(run_dir: str) -> list[dict[str, Any]]:
     """Every report of a run (``metrics.jsonl`` in its folder), oldest first."""
-    text = _read_text(join(run_dir, HISTORY_FILE)) or ""
+    text = read_text(join(run_dir, HISTORY_FILE)) or ""
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
@@ -171,8 +164,9 @@ def _prepare_trainable(module: torch.nn.Module) -> torch.nn.Module:
     if ray.train.get_context().get_world_size() == 1:
         return module
     # find_unused_parameters: frozen stages and the unused head taps are legal in some modes.
-    return ray.train.torch.prepare_model(module, move_to_device=False,
-                                         parallel_strategy_kwargs={"find_unused_parameters": True})  # fmt: skip
+    return ray.train.torch.prepare_model(
+        module, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
+    )
 
 
 def build_trainer(
@@ -196,27 +190,32 @@ def build_trainer(
         if path:
             datasets[key] = val_stream(path, cfg.data, max_images=cfg.data.max_val_images)
             val_splits.append(key)
-    storage_path = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    storage_path = absolute(storage)
     return TorchTrainer(
         train_worker,
         train_loop_config={
-            "config": cfg.to_dict(), "val_splits": val_splits, "torch_threads": torch_threads,
+            "config": cfg.to_dict(),
+            "val_splits": val_splits,
+            "torch_threads": torch_threads,
             "inject_fault_at": inject_fault_at,
             "fault_marker": str(Path(tempfile.gettempdir()) / f"road-ray-fault-{name}-{os.getpid()}"),
             "diverged_marker": diverged_marker(storage_path, name),
             "history": join(storage_path, name, HISTORY_FILE),
-        },  # fmt: skip
+        },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.run.num_workers, use_gpu=use_gpu,
+            num_workers=cfg.run.num_workers,
+            use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
-        ),  # fmt: skip
+        ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path, callbacks=callbacks or [],
+            name=name,
+            storage_path=storage_path,
+            callbacks=callbacks or [],
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max"
             ),  # keeps the best-by-mIoU checkpoint; Ray always keeps the latest as well
-        ),  # fmt: skip
+        ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["source", "target"]),
     )
@@ -227,7 +226,7 @@ def summarize(result: ray.train.Result, storage: str, name: str) -> dict[str, An
 
     Raises TrainingDiverged when the run stopped on a NaN/inf loss.
     """
-    reason = _read_text(diverged_marker(storage, name))
+    reason = read_text(diverged_marker(storage, name))
     if reason is not None:
         raise TrainingDiverged(reason)
     metrics = dict(result.metrics or {})
@@ -249,15 +248,9 @@ def summarize(result: ray.train.Result, storage: str, name: str) -> dict[str, An
     }
 
 
-def with_scheme(storage: str, path: str) -> str:
-    """Ray reports a checkpoint's path inside its file system ("bucket/run/checkpoint_..."):
-    on object storage give it back the storage's scheme, so it can be passed to ``eval``."""
-    if "://" in storage and "://" not in path:
-        return f"{storage.split('://', 1)[0]}://{path}"
-    return path
-
-
-def init_ray(num_cpus: int | None = None, *, object_store_memory: int | None = None, log_to_driver: bool = True) -> None:
+def init_ray(
+    num_cpus: int | None = None, *, object_store_memory: int | None = None, log_to_driver: bool = True
+) -> None:
     """Connect to ``RAY_ADDRESS`` when set (a job on a cluster), else start a local instance.
 
     A local instance runs its dashboard and tells its workers where it is: Ray's State API,
@@ -279,10 +272,13 @@ def init_ray(num_cpus: int | None = None, *, object_store_memory: int | None = N
         os.environ.setdefault("RAY_worker_niceness", "0")
         port = _free_port()
         ray.init(
-            num_cpus=num_cpus, object_store_memory=object_store_memory, log_to_driver=log_to_driver,
-            include_dashboard=True, dashboard_port=port,
+            num_cpus=num_cpus,
+            object_store_memory=object_store_memory,
+            log_to_driver=log_to_driver,
+            include_dashboard=True,
+            dashboard_port=port,
             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
-        )  # fmt: skip
+        )
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
@@ -294,13 +290,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_training(cfg: Config, storage: str | None = None, name: str | None = None, log=print,
-                 inject_fault_at: int = 0) -> dict[str, Any]:  # fmt: skip
+def run_training(
+    cfg: Config, storage: str | None = None, name: str | None = None, log=print, inject_fault_at: int = 0
+) -> dict[str, Any]:
     """Resolve inputs, run one TorchTrainer to the end, return its summary."""
     cfg = resolve_config(cfg, log=log)
     check_shard_folders(cfg)
     storage = storage or cfg.run.storage or default_storage()
-    storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    storage = absolute(storage)
     name = name or run_name(cfg)
     init_ray()
     log(f"[train] run {name} in {storage}")
@@ -308,8 +305,9 @@ def run_training(cfg: Config, storage: str | None = None, name: str | None = Non
     return summarize(trainer.fit(), storage, name)
 
 
-def train_from_cli(config_path: str | None, overrides: list[str], smoke: bool, storage: str | None,
-                   name: str | None) -> dict[str, Any]:  # fmt: skip
+def train_from_cli(
+    config_path: str | None, overrides: list[str], smoke: bool, storage: str | None, name: str | None
+) -> dict[str, Any]:
     cfg = load_config(config_path)
     if smoke:
         apply_overrides(cfg, SMOKE_OVERRIDES)

@@ -39,11 +39,11 @@ import ray.tune
 from ray import tune
 
 from road_ray.config import SMOKE_OVERRIDES, Config, ConfigError, apply_overrides, config_from_dict
-from road_ray.data.shards import join, open_fs
 from road_ray.engine.loop import TrainingDiverged
 from road_ray.engine.resolve import check_shard_folders, resolve_config
 from road_ray.on_ray.train import build_trainer, diverged_marker, init_ray, run_name, summarize
 from road_ray.paths import default_storage
+from road_ray.storage import absolute, exists, is_uri, join, read_text, write_text
 from road_ray.sweeps import results
 from road_ray.sweeps.space import (
     SMOKE_SPACE,
@@ -84,13 +84,16 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
     storage = sweep["train_storage"]
     name = train_run_name(trial_id, cfg)
     # A diverged run stays diverged: do not retrain it when the sweep is resumed.
-    reason = _read_text(diverged_marker(storage, name))
+    reason = read_text(diverged_marker(storage, name))
     if reason is not None:
         raise TrainingDiverged(reason)
     trainer = build_trainer(
-        cfg, storage=storage, name=name, callbacks=[TuneReportCallback()],
+        cfg,
+        storage=storage,
+        name=name,
+        callbacks=[TuneReportCallback()],
         torch_threads=max(1, int(cfg.run.cpus_per_worker)),
-    )  # fmt: skip
+    )
     summarize(trainer.fit(), storage, name)  # raises TrainingDiverged: the trial is marked ERROR
 
 
@@ -104,8 +107,11 @@ def resolved_points(spec: SearchSpace, unresolved: Config, base: Config, log=pri
         cfg = copy.deepcopy(unresolved)
         apply_overrides(cfg, overrides)
         own = resolve_config(cfg, log=log).data
-        paths = {f"data.{k}": getattr(own, k) for k in ("source", "target", "target_val", "source_val")
-                 if f"data.{k}" not in overrides and getattr(own, k) != getattr(base.data, k)}  # fmt: skip
+        paths = {
+            f"data.{k}": getattr(own, k)
+            for k in ("source", "target", "target_val", "source_val")
+            if f"data.{k}" not in overrides and getattr(own, k) != getattr(base.data, k)
+        }
         points[name] = {**overrides, **paths}
     return {"points": points}
 
@@ -147,7 +153,7 @@ def run_sweep(
     All input errors (bad space, unknown key, missing shards, an existing experiment without
     ``--resume``) are raised before Ray starts or any trial runs.
     """
-    storage = _absolute(storage or default_storage())
+    storage = absolute(storage or default_storage())
     if resume:
         experiment_dir, sweep, spec = _load_for_resume(storage, name, space, log)
         if num_samples is not None:
@@ -156,8 +162,10 @@ def run_sweep(
         spec = _load_space(space, smoke, num_samples)
         name = name or f"{Path(spec.path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         experiment_dir = join(storage, name)
-        if _exists(join(experiment_dir, results.SWEEP_RECORD)) or _exists(join(experiment_dir, "tuner.pkl")):
-            raise ValueError(f"experiment {experiment_dir} already exists: pass --resume to continue it, or another --name")
+        if exists(join(experiment_dir, results.SWEEP_RECORD)) or exists(join(experiment_dir, "tuner.pkl")):
+            raise ValueError(
+                f"experiment {experiment_dir} already exists: pass --resume to continue it, or another --name"
+            )
         base = spec.base_config()
         if smoke and not spec.smoke:
             apply_overrides(base, SMOKE_OVERRIDES)  # a toy-size run of this space
@@ -168,11 +176,16 @@ def run_sweep(
         check_shard_folders(base)
         space = {**spec.to_dict(), **resolved_points(spec, unresolved, base, log)}  # a study's own data paths
         sweep = {
-            "space": space, "space_file": spec.path, "base_config": base.to_dict(),
-            "metric": spec.metric, "mode": spec.mode, "searched_keys": spec.searched_keys,
-            "train_storage": join(experiment_dir, results.TRAIN_RUNS), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "space": space,
+            "space_file": spec.path,
+            "base_config": base.to_dict(),
+            "metric": spec.metric,
+            "mode": spec.mode,
+            "searched_keys": spec.searched_keys,
+            "train_storage": join(experiment_dir, results.TRAIN_RUNS),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "created_unix": time.time(),
-        }  # fmt: skip
+        }
 
     start_ray()
     if sweep["base_config"]["run"]["use_gpu"] is None:
@@ -182,15 +195,19 @@ def run_sweep(
     if resume:
         # Finished trials are kept; unfinished and errored ones are started again, and their Train
         # runs (same names) continue from their latest checkpoints; diverged ones fail at once.
-        log(f"[tune] resuming {experiment_dir}: finished trials are kept, unfinished ones continue from their checkpoints")
+        log(
+            f"[tune] resuming {experiment_dir}: finished trials are kept, unfinished ones continue from their checkpoints"
+        )
         tuner = tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True, resume_errored=True)
     else:
         concurrency = max_concurrent or spec.max_concurrent or auto_concurrency(config_from_dict(sweep["base_config"]))
         concurrency = min(concurrency, _trial_count(spec))
         sweep["machine"] = provenance()
-        _write_text(join(experiment_dir, results.SWEEP_RECORD), json.dumps(sweep, indent=2, default=str))
-        log(f"[tune] {spec.path}: {_trial_count(spec)} trials, {concurrency} at a time, metric {spec.metric} ({spec.mode})"
-            f" -> {experiment_dir}")  # fmt: skip
+        write_text(join(experiment_dir, results.SWEEP_RECORD), json.dumps(sweep, indent=2, default=str))
+        log(
+            f"[tune] {spec.path}: {_trial_count(spec)} trials, {concurrency} at a time, metric {spec.metric} ({spec.mode})"
+            f" -> {experiment_dir}"
+        )
         tuner = build_tuner(spec, sweep, trainable, experiment_dir, concurrency, optuna_storage)
     tuner.fit()  # failed/diverged trials are recorded in the result grid; the sweep goes on
     return summarize_sweep(experiment_dir)
@@ -216,21 +233,34 @@ def provenance() -> dict[str, Any]:
     resources = ray.cluster_resources()
     repo = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None  # fmt: skip
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {
-        "cluster_cpus": resources.get("CPU", 0), "cluster_gpus": resources.get("GPU", 0),
-        "driver_platform": platform.platform(), "driver_cpus": os.cpu_count(), "torch": torch.__version__,
-        "ray": ray.__version__, "commit": commit, "minicity_version": MINICITY_VERSION,
-    }  # fmt: skip
+        "cluster_cpus": resources.get("CPU", 0),
+        "cluster_gpus": resources.get("GPU", 0),
+        "driver_platform": platform.platform(),
+        "driver_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "commit": commit,
+        "minicity_version": MINICITY_VERSION,
+    }
 
 
 def build_tuner(
-    spec: SearchSpace, sweep: dict[str, Any], trainable: Any, experiment_dir: str, concurrency: int,
+    spec: SearchSpace,
+    sweep: dict[str, Any],
+    trainable: Any,
+    experiment_dir: str,
+    concurrency: int,
     optuna_storage: str | None = None,
-) -> tune.Tuner:  # fmt: skip
+) -> tune.Tuner:
     storage_path, name = posixpath.split(experiment_dir.rstrip("/"))
     base = config_from_dict(sweep["base_config"])
     if spec.is_grid:
@@ -241,16 +271,22 @@ def build_tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=spec.metric, mode=spec.mode, search_alg=search_alg, scheduler=scheduler(spec, base),
-            num_samples=spec.num_samples, max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname,
-        ),  # fmt: skip
+            metric=spec.metric,
+            mode=spec.mode,
+            search_alg=search_alg,
+            scheduler=scheduler(spec, base),
+            num_samples=spec.num_samples,
+            max_concurrent_trials=concurrency,
+            trial_dirname_creator=trial_dirname,
+        ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path,
+            name=name,
+            storage_path=storage_path,
             # No blind retries: a diverged trial would fail again. Train already replaces dead
             # workers (run.max_failures); `--resume` reruns errored trials from their checkpoints.
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=1,  # status tables; each trial's metrics are in its folder and the final table
-        ),  # fmt: skip
+        ),
     )
 
 
@@ -275,9 +311,14 @@ def optuna_searcher(spec: SearchSpace, study_name: str, optuna_storage: str | No
         path.parent.mkdir(parents=True, exist_ok=True)
         storage = optuna.storages.RDBStorage(url=f"sqlite:///{path}")
     return OptunaSearch(
-        space, metric=spec.metric, mode=spec.mode, points_to_evaluate=[dict(p) for p in spec.points_to_evaluate],
-        seed=spec.seed, storage=storage, study_name=study_name if storage is not None else None,
-    )  # fmt: skip
+        space,
+        metric=spec.metric,
+        mode=spec.mode,
+        points_to_evaluate=[dict(p) for p in spec.points_to_evaluate],
+        seed=spec.seed,
+        storage=storage,
+        study_name=study_name if storage is not None else None,
+    )
 
 
 def scheduler(spec: SearchSpace, base: Config) -> Any:
@@ -340,10 +381,12 @@ def _load_for_resume(storage: str, name: str | None, space: str | None, log) -> 
     if name is None:
         name = _latest_experiment(storage, Path(space).stem if space else None)
     experiment_dir = join(storage, name)
-    text = _read_text(join(experiment_dir, results.SWEEP_RECORD))
-    if text is None or not _exists(join(experiment_dir, "tuner.pkl")):
-        raise ValueError(f"--resume: {experiment_dir} is not a road-ray sweep that can be resumed "
-                         f"(no {results.SWEEP_RECORD} or tuner.pkl); start it again under another --name")  # fmt: skip
+    text = read_text(join(experiment_dir, results.SWEEP_RECORD))
+    if text is None or not exists(join(experiment_dir, "tuner.pkl")):
+        raise ValueError(
+            f"--resume: {experiment_dir} is not a road-ray sweep that can be resumed "
+            f"(no {results.SWEEP_RECORD} or tuner.pkl); start it again under another --name"
+        )
     sweep = json.loads(text)
     spec = space_from_dict(sweep["space"], f"{experiment_dir}/{results.SWEEP_RECORD}")
     if space is not None:
@@ -352,14 +395,17 @@ def _load_for_resume(storage: str, name: str | None, space: str | None, log) -> 
 
 
 def _latest_experiment(storage: str, stem: str | None) -> str:
-    if "://" in storage:
+    if is_uri(storage):
         raise ValueError("--resume with an object-storage --storage needs --name")
     found = sorted(
         (p for p in Path(storage).glob(f"{stem or '*'}-*/{results.SWEEP_RECORD}")), key=lambda p: p.stat().st_mtime
     )
     if not found:
-        raise ValueError(f"--resume: no sweep to resume under {storage}" + (f" for space {stem}" if stem else "")
-                         + "; pass --name NAME")  # fmt: skip
+        raise ValueError(
+            f"--resume: no sweep to resume under {storage}"
+            + (f" for space {stem}" if stem else "")
+            + "; pass --name NAME"
+        )
     return found[-1].parent.name
 
 
@@ -377,48 +423,32 @@ def _trial_count(spec: SearchSpace) -> int:
     return spec.num_samples * (len(spec.grid_points()) if spec.is_grid else 1)
 
 
-def _absolute(storage: str) -> str:
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
-
-
-def _exists(uri: str) -> bool:
-    import pyarrow.fs as pafs
-
-    fs, path = open_fs(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def _read_text(uri: str) -> str | None:
-    fs, path = open_fs(uri)
-    try:
-        with fs.open_input_stream(path) as f:
-            return f.read().decode()
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def _write_text(uri: str, text: str) -> None:
-    fs, path = open_fs(uri)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
-
-
 def print_outcome(outcome: SweepOutcome, out=sys.stdout) -> None:
     """The end of ``tune.py``: the table, the best trial and checkpoint, and what to run next."""
     print("", file=out)
-    print(f"Trials of {outcome.experiment_dir} (mIoU = target-val mIoU, the oracle; source-val mIoU and "
-          "target entropy (lower is better) need no target labels):", file=out)  # fmt: skip
+    print(
+        f"Trials of {outcome.experiment_dir} (mIoU = target-val mIoU, the oracle; source-val mIoU and "
+        "target entropy (lower is better) need no target labels):",
+        file=out,
+    )
     print(outcome.table, file=out)
     storage, name = posixpath.split(outcome.experiment_dir.rstrip("/"))
     if outcome.unfinished:
-        print(f"\n{outcome.unfinished} trial(s) did not finish; continue with: "
-              f"python tune.py --resume --storage {storage} --name {name}", file=out)  # fmt: skip
+        print(
+            f"\n{outcome.unfinished} trial(s) did not finish; continue with: "
+            f"python tune.py --resume --storage {storage} --name {name}",
+            file=out,
+        )
     if outcome.best_trial is None:
         print(f"\nNo trial reported {outcome.metric}; nothing to select.", file=out)
         return
-    print(f"\nBest trial: {outcome.best_trial} ({outcome.metric} {results.format_value(outcome.best_value, outcome.metric)})", file=out)
-    print(f"Best checkpoint (highest target-val mIoU, what `road-ray eval --best` evaluates): "
-          f"{outcome.best_checkpoint}", file=out)  # fmt: skip
+    print(
+        f"\nBest trial: {outcome.best_trial} ({outcome.metric} {results.format_value(outcome.best_value, outcome.metric)})",
+        file=out,
+    )
+    print(
+        f"Best checkpoint (highest target-val mIoU, what `road-ray eval --best` evaluates): {outcome.best_checkpoint}",
+        file=out,
+    )
     print(f"Next: road-ray eval --experiment {outcome.experiment_dir} --best", file=out)
     print(f"      road-ray report --experiment {outcome.experiment_dir}", file=out)

@@ -114,7 +114,7 @@ class ROADObjective(nn.Module):
         """Whether the student sees the target crops (some term needs them)."""
         return self.spt_on or self.dist_domain == "target"
 
-    def train(self, mode: bool = True) -> "ROADObjective":
+    def train(self, mode: bool = True) -> ROADObjective:
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # frozen: BatchNorm statistics and dropout stay in inference mode
@@ -195,9 +195,12 @@ class ROADObjective(nn.Module):
         if "target_image" in batch:
             target = batch["target_image"]
             _expect(
-                target.dim() == 4 and tuple(target.shape[1:]) == (3, h, w), "target_image", "[Bt, 3, h, w]",
-                ["Bt", 3, h, w], target,
-            )  # fmt: skip
+                target.dim() == 4 and tuple(target.shape[1:]) == (3, h, w),
+                "target_image",
+                "[Bt, 3, h, w]",
+                ["Bt", 3, h, w],
+                target,
+            )
         for key, n in (("source_box", bs), ("target_box", None if target is None else target.shape[0])):
             if key in batch and n is not None:
                 box = batch[key]

@@ -64,9 +64,9 @@ def region_index(boxes: Tensor, feat_h: int, feat_w: int, grid: tuple[int, int])
     orig_x = (col(LEFT) + x) / col(SCALE)
     row = torch.floor(orig_y / col(IMAGE_HEIGHT) * grid_h).long()  # [B, h]
     cln = torch.floor(orig_x / col(IMAGE_WIDTH) * grid_w).long()  # [B, w]
-    inside = ((orig_y >= 0) & (orig_y < col(IMAGE_HEIGHT)))[:, :, None] & (
-        (orig_x >= 0) & (orig_x < col(IMAGE_WIDTH))
-    )[:, None, :]
+    inside = ((orig_y >= 0) & (orig_y < col(IMAGE_HEIGHT)))[:, :, None] & ((orig_x >= 0) & (orig_x < col(IMAGE_WIDTH)))[
+        :, None, :
+    ]
     # clamp: guards the last row/column against rounding at the image border
     m = row.clamp(0, grid_h - 1)[:, :, None] * grid_w + cln.clamp(0, grid_w - 1)[:, None, :]
     return torch.where(inside, m, torch.full_like(m, INVALID_REGION))

@@ -25,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from road_ray.storage import is_uri  # noqa: E402
 from road_ray.sweeps.results import (  # noqa: E402
     TRAIN_RUNS,
     Experiment,
@@ -51,7 +52,7 @@ def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None, 
     """Write report.md, trials.csv and the PNG plots; returns the report's folder."""
     exp = read_experiment(experiment_dir)
     # Beside a local experiment; for one on object storage, in the current folder.
-    out = Path(out_dir) if out_dir else (Path(f"{exp.name}-report") if "://" in exp.uri else exp.path / "report")
+    out = Path(out_dir) if out_dir else (Path(f"{exp.name}-report") if is_uri(exp.uri) else exp.path / "report")
     out.mkdir(parents=True, exist_ok=True)
     rows = exp.table()
     # Checkpoints as paths inside the experiment (train_runs/...): the files travel with reports.
@@ -80,7 +81,9 @@ def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None, 
             notes.append(f"{column_title(key)}: fewer than two scored values; no plot.")
     importance, note = parameter_importance(exp)
     if importance:
-        plots.append((_importance_plot(importance, note, exp.metric, out), f"parameter importance for {exp.metric} ({note})"))
+        plots.append(
+            (_importance_plot(importance, note, exp.metric, out), f"parameter importance for {exp.metric} ({note})")
+        )
     else:
         notes.append(f"Parameter importance: {note}")
 
@@ -112,11 +115,17 @@ def _markdown(exp: Experiment, plots: list[tuple[str, str]], notes: list[str], s
             raise ExperimentError("a study compares fixed points: no best trial")  # its sections say it all
         trial, row = best_trial(exp)
         params = ", ".join(f"{column_title(k)} = {format_value(trial.params.get(k))}" for k in exp.searched_keys)
-        lines += [f"**Best trial:** `{trial.trial_id}` — {exp.metric} {format_value(row.get(exp.metric), exp.metric)} "
-                  f"at iteration {row.get('iter')} ({params})."]  # fmt: skip
+        lines += [
+            f"**Best trial:** `{trial.trial_id}` — {exp.metric} {format_value(row.get(exp.metric), exp.metric)} "
+            f"at iteration {row.get('iter')} ({params})."
+        ]
         try:
-            lines += ["", f"**Best checkpoint:** `{display_path(best_checkpoint(exp.uri or exp.path))}`", "",
-                      f"Evaluate it: `road-ray eval --experiment {display_path(exp.uri or exp.path)} --best`"]  # fmt: skip
+            lines += [
+                "",
+                f"**Best checkpoint:** `{display_path(best_checkpoint(exp.uri or exp.path))}`",
+                "",
+                f"Evaluate it: `road-ray eval --experiment {display_path(exp.uri or exp.path)} --best`",
+            ]
         except ExperimentError as e:
             lines += ["", f"Best checkpoint: unavailable ({e})."]
     except ExperimentError as e:
@@ -141,9 +150,12 @@ def _provenance(exp: Experiment) -> list[str]:
         parts.append(f"wall time {seconds / 60:.1f} min (start to last report)")
     if m:
         gpus = int(m.get("cluster_gpus") or 0)
-        parts.append(f"on {int(m.get('cluster_cpus') or 0)} CPUs" + (f" and {gpus} GPUs" if gpus else ", no GPU")
-                     + f" ({m.get('driver_platform')}), torch {m.get('torch')}, ray {m.get('ray')}, "
-                     f"road-ray commit {m.get('commit') or 'unknown'}, MiniCity v{m.get('minicity_version')}")  # fmt: skip
+        parts.append(
+            f"on {int(m.get('cluster_cpus') or 0)} CPUs"
+            + (f" and {gpus} GPUs" if gpus else ", no GPU")
+            + f" ({m.get('driver_platform')}), torch {m.get('torch')}, ray {m.get('ray')}, "
+            f"road-ray commit {m.get('commit') or 'unknown'}, MiniCity v{m.get('minicity_version')}"
+        )
     return [("Run: " + "; ".join(parts) + "."), ""] if parts else []
 
 
@@ -161,16 +173,19 @@ def _write_csv(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:
 
 def _scatter(rows: list[dict[str, Any]], key: str, out: Path) -> str:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for stopped, label, style in ((False, "trials", {"color": "C0"}),
-                                  (True, "stopped early by ASHA", {"facecolors": "none", "edgecolors": "C0"})):
+    for stopped, label, style in (
+        (False, "trials", {"color": "C0"}),
+        (True, "stopped early by ASHA", {"facecolors": "none", "edgecolors": "C0"}),
+    ):
         pts = [(r[key], r["miou"]) for r in rows if (r["state"] == STOPPED) == stopped]
         pts = [(x, y) for x, y in pts if number(x) is not None and x > 0]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=60, label=label, zorder=3, **style)
     best = max(rows, key=lambda r: r["miou"])
     if number(best.get(key)) is not None and best[key] > 0:
-        ax.annotate(f"best {best['miou']:.1f}", (best[key], best["miou"]), textcoords="offset points",
-                    xytext=(6, 6), fontsize=9)  # fmt: skip
+        ax.annotate(
+            f"best {best['miou']:.1f}", (best[key], best["miou"]), textcoords="offset points", xytext=(6, 6), fontsize=9
+        )
     if key == "road.lambda_dist":
         ax.axvline(0.1, color="grey", linestyle=":", linewidth=1, label="paper λ1 = 0.1")
     if key == "road.lambda_spt":
@@ -197,12 +212,29 @@ def _per_category(rows: list[dict[str, Any]], key: str, out: Path) -> str:
         means.append(sum(ys) / len(ys))
         jitter = [i + 0.08 * (j - (len(ys) - 1) / 2) for j in range(len(ys))]
         hollow = [r["state"] == STOPPED for r in group]
-        ax.scatter([x for x, h in zip(jitter, hollow) if not h], [y for y, h in zip(ys, hollow) if not h],
-                   s=50, color="C0", zorder=3)  # fmt: skip
-        ax.scatter([x for x, h in zip(jitter, hollow) if h], [y for y, h in zip(ys, hollow) if h],
-                   s=50, facecolors="none", edgecolors="C0", zorder=3)  # fmt: skip
-    ax.hlines(means, [i - 0.3 for i in range(len(values))], [i + 0.3 for i in range(len(values))],
-              colors="C1", linewidth=2, label="mean of the trials")  # fmt: skip
+        ax.scatter(
+            [x for x, h in zip(jitter, hollow) if not h],
+            [y for y, h in zip(ys, hollow) if not h],
+            s=50,
+            color="C0",
+            zorder=3,
+        )
+        ax.scatter(
+            [x for x, h in zip(jitter, hollow) if h],
+            [y for y, h in zip(ys, hollow) if h],
+            s=50,
+            facecolors="none",
+            edgecolors="C0",
+            zorder=3,
+        )
+    ax.hlines(
+        means,
+        [i - 0.3 for i in range(len(values))],
+        [i + 0.3 for i in range(len(values))],
+        colors="C1",
+        linewidth=2,
+        label="mean of the trials",
+    )
     ax.set_xticks(range(len(values)), [f"{v}\n(n={sum(str(r.get(key)) == v for r in rows)})" for v in values])
     ax.set_xlabel(column_title(key))
     ax.set_ylabel("target-val mIoU, % (oracle)")
@@ -270,7 +302,9 @@ def parameter_importance(exp: Experiment) -> tuple[dict[str, float], str]:
     study = optuna.create_study(direction="maximize" if exp.mode == "max" else "minimize")
     for r in rows:
         params = {k: (float(r[k]) if isinstance(distributions[k], FloatDistribution) else str(r[k])) for k in keys}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(r[exp.metric])))
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, value=float(r[exp.metric]))
+        )
     try:
         import sklearn  # noqa: F401
 

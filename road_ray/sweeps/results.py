@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from road_ray.storage import is_uri, open_fs, scheme, with_scheme
+
 SWEEP_RECORD = "road_ray_sweep.json"
 TRAIN_RUNS = "train_runs"
 
@@ -84,7 +86,9 @@ class Trial:
             return "complete"
         if self.status == "ERROR":
             return "diverged" if self.diverged else "error"
-        return {"RUNNING": "unfinished", "PAUSED": "unfinished", "PENDING": "not started"}.get(self.status, self.status.lower())
+        return {"RUNNING": "unfinished", "PAUSED": "unfinished", "PENDING": "not started"}.get(
+            self.status, self.status.lower()
+        )
 
     def last_evaluation(self) -> dict[str, Any] | None:
         """The last report with an oracle mIoU: the end-of-training evaluation of a finished trial."""
@@ -129,17 +133,19 @@ class Experiment:
             best_oracle = t.best_row("miou", "max") or {}
             row: dict[str, Any] = {"trial": t.trial_id}
             row.update({k: t.params.get(k) for k in self.searched_keys})
-            row.update({
-                "miou": t.value("miou"),
-                "best_miou": number(best_oracle.get("miou")),
-                "source_val_miou": t.value("source_val_miou"),
-                "target_entropy": t.value("target_entropy"),
-                self.metric: t.value(self.metric),
-                "best": number(best.get(self.metric)),
-                "iter": t.iter,
-                "state": t.state,
-                "checkpoint": best.get("checkpoint_path") or t.last.get("checkpoint_path"),
-            })  # fmt: skip
+            row.update(
+                {
+                    "miou": t.value("miou"),
+                    "best_miou": number(best_oracle.get("miou")),
+                    "source_val_miou": t.value("source_val_miou"),
+                    "target_entropy": t.value("target_entropy"),
+                    self.metric: t.value(self.metric),
+                    "best": number(best.get(self.metric)),
+                    "iter": t.iter,
+                    "state": t.state,
+                    "checkpoint": best.get("checkpoint_path") or t.last.get("checkpoint_path"),
+                }
+            )
             out.append(row)
         return out
 
@@ -151,7 +157,7 @@ class Experiment:
 def read_experiment(experiment_dir: str | Path) -> Experiment:
     """All trials of a Tune experiment folder (or URI), with their reports and final state."""
     uri = str(experiment_dir)
-    path = _stage_locally(uri) if "://" in uri else Path(uri).expanduser()
+    path = _stage_locally(uri) if is_uri(uri) else Path(uri).expanduser()
     if not path.is_dir():
         raise ExperimentError(f"experiment folder {str(path)!r} does not exist")
     record = _read_json(path / SWEEP_RECORD) or {}
@@ -181,14 +187,14 @@ def read_experiment(experiment_dir: str | Path) -> Experiment:
         max_iters = params.get("optim.max_iters", base_max_iters)
         trials.append(Trial(trial_id, d, dict(params), status, rows, error, max_iters))
     searched = record.get("searched_keys") or sorted({k for t in trials for k in t.params})
-    return Experiment(path, trials, record.get("metric", "miou"), record.get("mode", "max"), list(searched), record, uri)
+    return Experiment(
+        path, trials, record.get("metric", "miou"), record.get("mode", "max"), list(searched), record, uri
+    )
 
 
 def _stage_locally(uri: str) -> Path:
     """Copy an object-storage experiment's state and results (not its checkpoints) to a temp folder."""
     import pyarrow.fs as pafs
-
-    from road_ray.data.shards import open_fs
 
     fs, root = open_fs(uri)
     root = root.rstrip("/")
@@ -224,9 +230,11 @@ def _trial_states(path: Path) -> dict[str, dict[str, Any]]:
         except (TypeError, ValueError, IndexError):
             continue
         out[trial["trial_id"]] = {
-            "status": trial.get("status"), "logdir": trial.get("relative_logdir"),
-            "config": trial.get("config") or {}, "error_file": meta.get("error_filename"),
-        }  # fmt: skip
+            "status": trial.get("status"),
+            "logdir": trial.get("relative_logdir"),
+            "config": trial.get("config") or {},
+            "error_file": meta.get("error_filename"),
+        }
     return out
 
 
@@ -252,7 +260,9 @@ def _read_rows(trial_dir: Path) -> list[dict[str, Any]]:
 def _read_error(path: Path, trial_dir: Path | None, state: dict[str, Any]) -> str | None:
     candidates = []
     if state.get("error_file"):
-        candidates.append(Path(state["error_file"]) if os.path.isabs(state["error_file"]) else path / state["error_file"])
+        candidates.append(
+            Path(state["error_file"]) if os.path.isabs(state["error_file"]) else path / state["error_file"]
+        )
     if trial_dir is not None:
         candidates.append(trial_dir / "error.txt")
     for c in candidates:
@@ -334,7 +344,9 @@ def best_checkpoint(experiment_dir: str | Path, metric: str = "miou", mode: str 
             if value is not None and r.get("checkpoint_path"):
                 candidates.append((value if mode == "max" else -value, t, r))
     if not candidates:
-        raise ExperimentError(f"{exp.uri or exp.path}: no report with both {metric!r} and a checkpoint; nothing to evaluate")
+        raise ExperimentError(
+            f"{exp.uri or exp.path}: no report with both {metric!r} and a checkpoint; nothing to evaluate"
+        )
     candidates.sort(key=lambda c: c[0], reverse=True)
     for _, _, r in candidates:
         found = locate_checkpoint(exp, r["checkpoint_path"])
@@ -349,13 +361,12 @@ def best_checkpoint(experiment_dir: str | Path, metric: str = "miou", mode: str 
 def locate_checkpoint(exp: Experiment, checkpoint_path: str) -> str | None:
     """The checkpoint folder, also when the experiment was moved (rebased onto train_runs/)."""
     storage = str(exp.record.get("train_storage", ""))
-    if "://" in storage and "://" not in checkpoint_path:
+    if is_uri(storage) and not is_uri(checkpoint_path):
         # Ray reports a file-system path; give the URI its scheme back (s3://, gs://, file://).
-        scheme = storage.split("://", 1)[0]
-        if scheme == "file":
+        if scheme(storage) == "file":
             return checkpoint_path if Path(checkpoint_path).is_dir() else None
-        return f"{scheme}://{checkpoint_path.lstrip('/')}"
-    if "://" in checkpoint_path:
+        return with_scheme(storage, checkpoint_path)
+    if is_uri(checkpoint_path):
         return checkpoint_path
     if Path(checkpoint_path).is_dir():
         return checkpoint_path
@@ -372,7 +383,7 @@ def display_path(path: str | Path) -> str:
     the home folder as ``~`` (never this machine's absolute layout)."""
     text, home = str(path), str(Path.home())
     p = Path(text)
-    if "://" not in text and p.parent.name == "search_spaces" and p.suffix == ".yaml":
+    if not is_uri(text) and p.parent.name == "search_spaces" and p.suffix == ".yaml":
         return f"search_spaces/{p.name}"
     if home != "/" and (text == home or text.startswith(home + "/")):
         return "~" + text[len(home) :]

@@ -20,9 +20,12 @@ PROXIES = {"source_val_miou": "max", "target_entropy": "min"}
 
 def scored_trials(exp: Experiment, complete_only: bool = False) -> list[tuple[Trial, dict[str, Any]]]:
     return [
-        (t, row) for t in exp.trials
-        if t.state != "diverged" and (row := t.last_evaluation()) is not None and (t.state == "complete" or not complete_only)
-    ]  # fmt: skip
+        (t, row)
+        for t in exp.trials
+        if t.state != "diverged"
+        and (row := t.last_evaluation()) is not None
+        and (t.state == "complete" or not complete_only)
+    ]
 
 
 def proxy_agreement(exp: Experiment, complete_only: bool = False) -> dict[str, Any]:
@@ -46,9 +49,13 @@ def proxy_agreement(exp: Experiment, complete_only: bool = False) -> dict[str, A
         sign = 1 if mode == "max" else -1
         t, r = max(usable, key=lambda tr: sign * tr[1][proxy])
         out[proxy] = {
-            "trial": t.trial_id, "value": r[proxy], "miou": r["miou"], "oracle_rank": rank[t.trial_id],
-            "same_as_oracle": t.trial_id == best_trial.trial_id, "regret": best_row["miou"] - r["miou"],
-        }  # fmt: skip
+            "trial": t.trial_id,
+            "value": r[proxy],
+            "miou": r["miou"],
+            "oracle_rank": rank[t.trial_id],
+            "same_as_oracle": t.trial_id == best_trial.trial_id,
+            "regret": best_row["miou"] - r["miou"],
+        }
     return out
 
 
@@ -65,10 +72,17 @@ def paper_point(exp: Experiment) -> dict[str, Any] | None:
     t, r = match[0]
     best_t, best_r = max(trials, key=lambda tr: tr[1]["miou"])
     return {
-        "point": wanted, "trial": t.trial_id, "miou": r["miou"], "iter": r.get("iter"), "state": t.state,
-        "best_trial": best_t.trial_id, "best_miou": best_r["miou"], "best_iter": best_r.get("iter"),
-        "best_params": {k: best_t.params.get(k) for k in exp.searched_keys}, "gain": best_r["miou"] - r["miou"],
-    }  # fmt: skip
+        "point": wanted,
+        "trial": t.trial_id,
+        "miou": r["miou"],
+        "iter": r.get("iter"),
+        "state": t.state,
+        "best_trial": best_t.trial_id,
+        "best_miou": best_r["miou"],
+        "best_iter": best_r.get("iter"),
+        "best_params": {k: best_t.params.get(k) for k in exp.searched_keys},
+        "gain": best_r["miou"] - r["miou"],
+    }
 
 
 def selection_markdown(exp: Experiment) -> list[str]:
@@ -77,32 +91,47 @@ def selection_markdown(exp: Experiment) -> list[str]:
     pp = paper_point(exp)
     if pp is not None:
         point = ", ".join(f"{k} = {v}" for k, v in pp["point"].items())
-        lines += ["## The paper's point vs the sweep's best", "",
-                  f"- First point evaluated ({point}): trial `{pp['trial']}`, mIoU (oracle) **{pp['miou']:.2f}** "
-                  f"at iteration {pp['iter']} ({pp['state']}).",
-                  f"- Best trial `{pp['best_trial']}` ({_params(pp['best_params'])}): **{pp['best_miou']:.2f}** at "
-                  f"iteration {pp['best_iter']}: {pp['gain']:+.2f} points over the paper's point.", ""]  # fmt: skip
+        lines += [
+            "## The paper's point vs the sweep's best",
+            "",
+            f"- First point evaluated ({point}): trial `{pp['trial']}`, mIoU (oracle) **{pp['miou']:.2f}** "
+            f"at iteration {pp['iter']} ({pp['state']}).",
+            f"- Best trial `{pp['best_trial']}` ({_params(pp['best_params'])}): **{pp['best_miou']:.2f}** at "
+            f"iteration {pp['best_iter']}: {pp['gain']:+.2f} points over the paper's point.",
+            "",
+        ]
     header = False
-    for complete_only, among in ((False, "all trials, each at its last evaluation"),
-                                 (True, "the trials that ran to the end")):  # fmt: skip
+    for complete_only, among in (
+        (False, "all trials, each at its last evaluation"),
+        (True, "the trials that ran to the end"),
+    ):
         pa = proxy_agreement(exp, complete_only)
         if not pa.get("trials"):
             continue
         if not header:
-            lines += ["## Selecting without target labels", "",
-                      "Which trial each label-free criterion would pick, against the oracle's pick.", ""]  # fmt: skip
+            lines += [
+                "## Selecting without target labels",
+                "",
+                "Which trial each label-free criterion would pick, against the oracle's pick.",
+                "",
+            ]
             header = True
-        lines += [f"Among {among} ({pa['trials']}): the oracle picks `{pa['oracle']['trial']}` "
-                  f"(mIoU {pa['oracle']['miou']:.2f}).", "",
-                  "| criterion | picks | its mIoU (oracle) | oracle rank | same trial as the oracle | mIoU lost |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"Among {among} ({pa['trials']}): the oracle picks `{pa['oracle']['trial']}` "
+            f"(mIoU {pa['oracle']['miou']:.2f}).",
+            "",
+            "| criterion | picks | its mIoU (oracle) | oracle rank | same trial as the oracle | mIoU lost |",
+            "|---|---|---|---|---|---|",
+        ]
         for proxy, mode in PROXIES.items():
             p = pa.get(proxy)
             if p is None:
                 continue
             title = f"{proxy} ({'highest' if mode == 'max' else 'lowest'})"
-            lines.append(f"| {title} | `{p['trial']}` | {p['miou']:.2f} | {p['oracle_rank']} of {pa['trials']} | "
-                         f"{'yes' if p['same_as_oracle'] else 'no'} | {p['regret']:.2f} |")  # fmt: skip
+            lines.append(
+                f"| {title} | `{p['trial']}` | {p['miou']:.2f} | {p['oracle_rank']} of {pa['trials']} | "
+                f"{'yes' if p['same_as_oracle'] else 'no'} | {p['regret']:.2f} |"
+            )
         lines.append("")
     return lines
 

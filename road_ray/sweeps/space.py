@@ -65,9 +65,23 @@ DEFAULT_SPACE = "minicity"
 SMOKE_SPACE = "smoke"
 
 TOP_LEVEL_KEYS = (
-    "description", "metric", "mode", "num_samples", "max_concurrent", "seed", "smoke",
-    "scheduler", "fixed", "params", "grid", "points_to_evaluate", "points", "studies", "baseline", "upper_bound",
-)  # fmt: skip
+    "description",
+    "metric",
+    "mode",
+    "num_samples",
+    "max_concurrent",
+    "seed",
+    "smoke",
+    "scheduler",
+    "fixed",
+    "params",
+    "grid",
+    "points_to_evaluate",
+    "points",
+    "studies",
+    "baseline",
+    "upper_bound",
+)
 POINT_KEY = "point"  # the trial parameter naming a study's fixed point
 STUDY_FORMS = ("table", "bars")
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "fixed")
@@ -211,19 +225,24 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         """A plain dict that :func:`space_from_dict` reads back (saved with the experiment)."""
         out: dict[str, Any] = {
-            "description": self.description, "metric": self.metric, "mode": self.mode,
-            "num_samples": self.num_samples, "max_concurrent": self.max_concurrent or "auto",
-            "seed": self.seed, "smoke": self.smoke,
+            "description": self.description,
+            "metric": self.metric,
+            "mode": self.mode,
+            "num_samples": self.num_samples,
+            "max_concurrent": self.max_concurrent or "auto",
+            "seed": self.seed,
+            "smoke": self.smoke,
             "scheduler": {k: v for k, v in vars(self.scheduler).items() if v is not None},
             "fixed": dict(self.fixed),
-        }  # fmt: skip
+        }
         if self.is_grid:
             if self.grid:
                 out["grid"] = {k: list(v) for k, v in self.grid.items()}
             if self.points:
                 out["points"] = {name: dict(p) for name, p in self.points.items()}
-                out["studies"] = {s.name: {"title": s.title, "form": s.form, "points": dict(s.points)}
-                                  for s in self.studies.values()}  # fmt: skip
+                out["studies"] = {
+                    s.name: {"title": s.title, "form": s.form, "points": dict(s.points)} for s in self.studies.values()
+                }
                 out.update({k: v for k, v in (("baseline", self.baseline), ("upper_bound", self.upper_bound)) if v})
         else:
             out["params"] = {k: p.to_dict() for k, p in self.params.items()}
@@ -271,7 +290,9 @@ def space_from_dict(data: Any, path: str = "<space>", base: Config | None = None
     space.description = str(data.get("description", "") or "")
     space.smoke = v.boolean("smoke", data.get("smoke", False))
     space.seed = v.integer("seed", data.get("seed", 0), minimum=0)
-    space.num_samples = v.integer("num_samples", data.get("num_samples", 1 if "grid" in data or "points" in data else 8), minimum=1)
+    space.num_samples = v.integer(
+        "num_samples", data.get("num_samples", 1 if "grid" in data or "points" in data else 8), minimum=1
+    )
     space.max_concurrent = v.max_concurrent(data.get("max_concurrent", "auto"))
     space.metric, space.mode = v.metric(data.get("metric", "miou"), data.get("mode"))
     space.fixed = v.fixed(data.get("fixed") or {}, smoke=space.smoke)
@@ -281,15 +302,19 @@ def space_from_dict(data: Any, path: str = "<space>", base: Config | None = None
     space.params = v.params(data.get("params") or {}, base_cfg, space)
     base_cfg = space.base_config(base)  # params may have added fixed values
     if "params" in data and "points" in data:
-        raise SpaceError(f"{path}: give either params: (an Optuna search) or points: (a study's fixed points), not both")
+        raise SpaceError(
+            f"{path}: give either params: (an Optuna search) or points: (a study's fixed points), not both"
+        )
     space.points = v.study_points(data["points"], base_cfg) if "points" in data else {}
     space.grid = v.grid(data.get("grid"), base_cfg, space) if "grid" in data else {}
     if space.is_grid and data.get("points_to_evaluate"):
         raise SpaceError(f"{path}: points_to_evaluate: not used with grid: or points: (every combination is evaluated)")
     if not space.params and not space.is_grid:
         if data.get("params"):
-            raise SpaceError(f"{path}: params: every parameter is fixed, so Optuna has nothing to search; "
-                             "move them to fixed: and give grid: {run.seed: [...]} to repeat a run")  # fmt: skip
+            raise SpaceError(
+                f"{path}: params: every parameter is fixed, so Optuna has nothing to search; "
+                "move them to fixed: and give grid: {run.seed: [...]} to repeat a run"
+            )
         raise SpaceError(f"{path}: nothing to search: give params: (Optuna), grid: (every combination) or points:")
     for key in ("studies", "baseline", "upper_bound"):
         if key in data and not space.points:
@@ -337,15 +362,20 @@ class _Validator:
 
     def metric(self, metric: Any, mode: Any) -> tuple[str, Literal["max", "min"]]:
         if not isinstance(metric, str) or not (metric in KNOWN_METRICS or metric.startswith(METRIC_PREFIXES)):
-            self.fail("metric", f"{metric!r} is not a reported metric; expected one of "
-                      f"{', '.join(KNOWN_METRICS)} or iou/<class>, loss/<name>")  # fmt: skip
+            self.fail(
+                "metric",
+                f"{metric!r} is not a reported metric; expected one of "
+                f"{', '.join(KNOWN_METRICS)} or iou/<class>, loss/<name>",
+            )
         natural = KNOWN_METRICS.get(metric, "min" if metric.startswith("loss/") else "max")
         if mode is None:
             mode = natural
         if mode not in ("max", "min"):
             self.fail("mode", f"expected max or min, got {mode!r}")
         if mode != natural:
-            self.fail("mode", f"{metric} is better when {'higher' if natural == 'max' else 'lower'}; use mode: {natural}")
+            self.fail(
+                "mode", f"{metric} is better when {'higher' if natural == 'max' else 'lower'}; use mode: {natural}"
+            )
         return metric, mode
 
     # -- config keys -----------------------------------------------------------------
@@ -491,7 +521,9 @@ class _Validator:
         for name, spec in data.items():
             where = f"studies.{name}"
             if not isinstance(spec, dict) or set(spec) - {"title", "form", "points"} or "points" not in spec:
-                self.fail(where, f"expected {{title: ..., form: table|bars, points: [...] or {{label: point}}}}, got {spec!r}")
+                self.fail(
+                    where, f"expected {{title: ..., form: table|bars, points: [...] or {{label: point}}}}, got {spec!r}"
+                )
             form = spec.get("form", "bars")
             if form not in STUDY_FORMS:
                 self.fail(f"{where}.form", f"expected one of {', '.join(STUDY_FORMS)}, got {form!r}")
@@ -502,7 +534,9 @@ class _Validator:
                 self.fail(f"{where}.points", f"expected a list of point names or {{label: point}}, got {members!r}")
             for label, point in members.items():
                 self.point_name(f"{where}.points.{label}", point, points)
-            out[str(name)] = Study(str(name), str(spec.get("title", name)), form, {str(k): str(v) for k, v in members.items()})
+            out[str(name)] = Study(
+                str(name), str(spec.get("title", name)), form, {str(k): str(v) for k, v in members.items()}
+            )
         return out
 
     def grid(self, data: Any, base: Config, space: SearchSpace) -> dict[str, list[Any]]:

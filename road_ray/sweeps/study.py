@@ -29,11 +29,26 @@ from road_ray.sweeps.space import POINT_KEY  # noqa: E402
 IOU_PREFIX = "iou/"
 # Short column titles for the 19 Cityscapes classes (the paper's Table 1 abbreviates them too).
 SHORT = {
-    "road": "road", "sidewalk": "sidew.", "building": "build.", "wall": "wall", "fence": "fence",
-    "pole": "pole", "traffic light": "light", "traffic sign": "sign", "vegetation": "veget.",
-    "terrain": "terr.", "sky": "sky", "person": "person", "rider": "rider", "car": "car",
-    "truck": "truck", "bus": "bus", "train": "train", "motorcycle": "motor.", "bicycle": "bike",
-}  # fmt: skip
+    "road": "road",
+    "sidewalk": "sidew.",
+    "building": "build.",
+    "wall": "wall",
+    "fence": "fence",
+    "pole": "pole",
+    "traffic light": "light",
+    "traffic sign": "sign",
+    "vegetation": "veget.",
+    "terrain": "terr.",
+    "sky": "sky",
+    "person": "person",
+    "rider": "rider",
+    "car": "car",
+    "truck": "truck",
+    "bus": "bus",
+    "train": "train",
+    "motorcycle": "motor.",
+    "bicycle": "bike",
+}
 
 
 def is_study(exp: Experiment) -> bool:
@@ -61,11 +76,18 @@ def study_results(exp: Experiment) -> dict[str, Any]:
                 continue
             iou = {k[len(IOU_PREFIX) :]: number(v) for k, v in row.items() if k.startswith(IOU_PREFIX)}
             classes = classes or list(iou)
-            runs.append({
-                "trial": t.trial_id, "seed": seed, "state": t.state, "iter": row.get("iter"),
-                "miou": number(row.get("miou")), "source_val_miou": number(row.get("source_val_miou")),
-                "target_entropy": number(row.get("target_entropy")), "iou": iou,
-            })  # fmt: skip
+            runs.append(
+                {
+                    "trial": t.trial_id,
+                    "seed": seed,
+                    "state": t.state,
+                    "iter": row.get("iter"),
+                    "miou": number(row.get("miou")),
+                    "source_val_miou": number(row.get("source_val_miou")),
+                    "target_entropy": number(row.get("target_entropy")),
+                    "iou": iou,
+                }
+            )
         done = [r for r in runs if r.get("miou") is not None and (max_iters is None or r.get("iter") == max_iters)]
         shown = {k: display_path(v) if isinstance(v, str) and "/" in v else v for k, v in overrides.items()}
         entry: dict[str, Any] = {"overrides": shown, "runs": sorted(runs, key=lambda r: str(r["seed"])), "n": len(done)}
@@ -75,10 +97,15 @@ def study_results(exp: Experiment) -> dict[str, Any]:
         entry["iou"] = {c: mean_std([r["iou"].get(c) for r in done]) for c in classes}
         out_points[name] = entry
     result = {
-        "experiment": exp.name, "space_file": display_path(exp.record.get("space_file") or ""), "baseline": baseline,
-        "upper_bound": upper, "classes": classes, "points": out_points,
-        "studies": space.get("studies") or {}, "settings": settings_summary(exp),
-    }  # fmt: skip
+        "experiment": exp.name,
+        "space_file": display_path(exp.record.get("space_file") or ""),
+        "baseline": baseline,
+        "upper_bound": upper,
+        "classes": classes,
+        "points": out_points,
+        "studies": space.get("studies") or {},
+        "settings": settings_summary(exp),
+    }
     result["gap_closed"] = {name: gap_closed(result, name) for name in points}
     return result
 
@@ -99,13 +126,18 @@ def settings_summary(exp: Experiment) -> dict[str, Any]:
     base = exp.record.get("base_config") or {}
     model, data, road, optim = (base.get(k, {}) for k in ("model", "data", "road", "optim"))
     return {
-        "network": f"{model.get('arch')}-{model.get('backbone')}", "teacher_layer": model.get("teacher_layer"),
-        "iterations": optim.get("max_iters"), "crop": data.get("crop_size"),
+        "network": f"{model.get('arch')}-{model.get('backbone')}",
+        "teacher_layer": model.get("teacher_layer"),
+        "iterations": optim.get("max_iters"),
+        "crop": data.get("crop_size"),
         "batch": f"{data.get('batch_source')} + {data.get('batch_target')}",
-        "lambda_dist": road.get("lambda_dist"), "lambda_spt": road.get("lambda_spt"), "grid": road.get("grid"),
-        "max_val_images": data.get("max_val_images"), "machine": exp.record.get("machine"),
+        "lambda_dist": road.get("lambda_dist"),
+        "lambda_spt": road.get("lambda_spt"),
+        "grid": road.get("grid"),
+        "max_val_images": data.get("max_val_images"),
+        "machine": exp.record.get("machine"),
         "wall_time_s": wall_time(exp),
-    }  # fmt: skip
+    }
 
 
 def wall_time(exp: Experiment) -> float | None:
@@ -166,7 +198,10 @@ def points_table(result: dict[str, Any], members: dict[str, str] | None = None) 
     members = members or {name: name for name in result["points"]}
     b, u = result.get("baseline"), result.get("upper_bound")
     gap_title = f"gap {b}→{u} closed" if b and u else "gap closed"
-    lines = [f"| point | runs | mIoU (oracle) | source-val mIoU | target entropy | {gap_title} |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"| point | runs | mIoU (oracle) | source-val mIoU | target entropy | {gap_title} |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, name in members.items():
         p = result["points"][name]
         share = result["gap_closed"].get(name)
@@ -185,8 +220,12 @@ def class_table(result: dict[str, Any], members: dict[str, str]) -> list[str]:
     for label, name in members.items():
         p = result["points"][name]
         share = result["gap_closed"].get(name)
-        cells = [label, *(_pm(p["iou"].get(c, {}), 1) for c in classes), f"**{_pm(p['miou'], 1)}**",
-                 "—" if share is None else f"{100 * share:.0f}%"]  # fmt: skip
+        cells = [
+            label,
+            *(_pm(p["iou"].get(c, {}), 1) for c in classes),
+            f"**{_pm(p['miou'], 1)}**",
+            "—" if share is None else f"{100 * share:.0f}%",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -202,8 +241,14 @@ def bars_figure(result: dict[str, Any], study: dict[str, Any], out: Path, name: 
     ax.bar(xs, [m or 0.0 for m in means], yerr=stds, capsize=5, color="C0", alpha=0.75, zorder=2, label="mean ± std")
     for i, k in enumerate(labels):
         seeds = [r["miou"] for r in result["points"][members[k]]["runs"] if r.get("miou") is not None]
-        ax.scatter([i + 0.12 * (j - (len(seeds) - 1) / 2) for j in range(len(seeds))], seeds, color="k", s=14,
-                   zorder=3, label="one seed" if i == 0 else None)  # fmt: skip
+        ax.scatter(
+            [i + 0.12 * (j - (len(seeds) - 1) / 2) for j in range(len(seeds))],
+            seeds,
+            color="k",
+            s=14,
+            zorder=3,
+            label="one seed" if i == 0 else None,
+        )
         if means[i] is not None:
             ax.text(i, means[i] + stds[i] + 0.3, f"{means[i]:.1f}", ha="center", va="bottom", fontsize=9)
     for key, style in (("baseline", "--"), ("upper_bound", ":")):
