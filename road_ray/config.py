@@ -7,8 +7,12 @@ what was expected; nothing is silently ignored.
 
 The defaults describe the embedded MiniCity benchmark on the small backbone (what
 ``road-ray train`` and ``python tune.py`` run with no arguments). The paper's setups
-(GTA5/SYNTHIA -> Cityscapes, DeepLab-VGG16, PSPNet-ResNet101) are YAML files in
-``configs/`` that override these.
+(GTA5/SYNTHIA -> Cityscapes, DeepLab-VGG16, PSPNet-ResNet101) are the search spaces
+``search_spaces/gta5_*.yaml`` and ``search_spaces/synthia_*.yaml``, whose ``fixed:`` keys
+override these (the same keys work in a ``--config`` YAML file for ``road-ray train``).
+
+This module also holds the project's vocabulary: the training modes and which terms of
+Eq. 5 each one uses, the data splits a run reads, and the smoke sizes.
 """
 
 from __future__ import annotations
@@ -23,13 +27,28 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 Mode = Literal["nonadapt", "dst", "spt", "road", "frozen", "source_dist", "oracle"]
+MODES: tuple[str, ...] = get_args(Mode)
+# The baselines of the paper's Sec. 4.3 as modes of one trainer: which crops L_dist (Eq. 1)
+# is computed on (absent: no distillation), and which modes use L_spt (Eq. 2-4).
+DISTILLATION_DOMAIN: dict[str, Literal["source", "target"]] = {
+    "dst": "target",
+    "road": "target",
+    "source_dist": "source",
+}
+SPATIAL_MODES: frozenset[str] = frozenset({"spt", "road"})
 Arch = Literal["deeplabv2", "pspnet"]
-Backbone = Literal["small", "vgg16", "resnet50", "resnet101"]
+BackboneName = Literal["small", "vgg16", "resnet50", "resnet101"]
 LabelSpace = Literal["cityscapes19", "synthia16"]
 EvalMode = Literal["whole", "slide"]
 Precision = Literal["auto", "fp32", "bf16"]
 
 _GRID_RE = re.compile(r"^([1-9][0-9]*)x([1-9][0-9]*)$")
+
+
+# The shard splits a run reads (DataConfig fields): two training streams and two validation splits.
+TRAIN_SPLITS: tuple[str, ...] = ("source", "target")
+VAL_SPLITS: tuple[str, ...] = ("target_val", "source_val")
+DATA_SPLITS: tuple[str, ...] = TRAIN_SPLITS + VAL_SPLITS
 
 
 class ConfigError(ValueError):
@@ -53,7 +72,7 @@ class ModelConfig:
     """Segmentation network (paper Sec. 4.1) and the teacher tap (Eq. 1)."""
 
     arch: Arch = "deeplabv2"
-    backbone: Backbone = "small"
+    backbone: BackboneName = "small"
     num_classes: int = 19
     # Layer of the backbone whose features are distilled (Eq. 1): layer2|layer3|layer4 for
     # ResNets and the small net, conv3|conv4|conv5 for VGG-16.
@@ -116,6 +135,21 @@ class ROADConfig:
     grl_coeff: float = 1.0  # gradient-reversal coefficient (Eq. 4 via [8])
     classifier_hidden: int = 256  # hidden channels of each region's domain classifier
     frozen_stages: int = 2  # mode "frozen": backbone stages with lr 0 (Sec. 4.3)
+
+    @property
+    def distillation_domain(self) -> Literal["source", "target"] | None:
+        """The crops L_dist is computed on in this mode, or None when the term is off (also at λ1 = 0)."""
+        return DISTILLATION_DOMAIN.get(self.mode) if self.lambda_dist > 0 else None
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether a frozen teacher is needed at all (only for a distillation term that is on)."""
+        return self.distillation_domain is not None
+
+    @property
+    def uses_spatial(self) -> bool:
+        """Whether L_spt (and so the domain classifiers) is on: a spatial mode with λ2 > 0."""
+        return self.mode in SPATIAL_MODES and self.lambda_spt > 0
 
 
 @dataclass
@@ -218,6 +252,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # e.g. "1e-2" from JSON or a YAML 1.1 document
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -248,10 +287,27 @@ def _apply(obj: Any, mapping: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, key, _coerce(full, value, annotation))
 
 
+class _YAMLLoader(yaml.SafeLoader):
+    """YAML as a user means it: ``1e-2`` is a number. PyYAML follows YAML 1.1, where a float needs
+    a dot (``1.0e-2``) and ``1e-2`` is a string; YAML 1.2 and every other parser read it as 0.01."""
+
+
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?\.?[0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text (config files, search spaces, ``--set`` values) with exponent floats."""
+    return yaml.load(text, Loader=_YAMLLoader)
+
+
 def _parse_scalar(text: str) -> Any:
-    """An override's value is parsed as YAML (``0.1``, ``true``, ``3x3`` stays a string)."""
+    """An override's value is parsed as YAML (``0.1``, ``1e-2``, ``true``; ``3x3`` stays a string)."""
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return load_yaml(text) if text != "" else ""
     except yaml.YAMLError:
         return text
 
@@ -277,6 +333,13 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
     return cfg
 
 
+def default_config(smoke: bool = False) -> Config:
+    """The defaults; with ``smoke``, at the toy sizes of :data:`SMOKE_OVERRIDES` (the one place
+    they are applied: ``road-ray train --smoke`` and smoke sweeps both start from here)."""
+    cfg = Config()
+    return apply_overrides(cfg, SMOKE_OVERRIDES) if smoke else cfg
+
+
 def config_from_dict(data: dict[str, Any] | None) -> Config:
     cfg = Config()
     if data:
@@ -284,15 +347,18 @@ def config_from_dict(data: dict[str, Any] | None) -> Config:
     return cfg.validate()
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Defaults, then the YAML file (if any), then the dotted overrides; validated."""
-    cfg = Config()
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None, smoke: bool = False
+) -> Config:
+    """Defaults (at smoke sizes with ``smoke``), then the YAML file (if any), then the dotted
+    overrides (so a user's ``--set`` wins over ``--smoke``); validated."""
+    cfg = default_config(smoke)
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = load_yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
         _apply(cfg, data)

@@ -70,3 +70,36 @@ def test_parse_grid():
 def test_valid_keys_cover_sections():
     keys = valid_keys()
     assert "road.lambda_dist" in keys and "data.source" in keys and "run.num_workers" in keys
+
+
+def test_numbers_in_every_exponent_form(tmp_path):
+    # YAML 1.1 reads 1e-2 as a string; a user means 0.01 (on the command line, in files, in spaces).
+    cfg = load_config(
+        overrides=["optim.lr=1e-2", "road.lambda_spt=3E-1", "road.lambda_dist=.5e-1", "optim.max_iters=1e3"]
+    )
+    assert (cfg.optim.lr, cfg.road.lambda_spt, cfg.road.lambda_dist, cfg.optim.max_iters) == (0.01, 0.3, 0.05, 1000)
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  lr: 2.5e-3\nroad:\n  grid: 3x3\n")
+    cfg = load_config(path)
+    assert cfg.optim.lr == 0.0025 and cfg.road.grid == "3x3"
+    assert apply_overrides(Config(), {"optim.lr": "1e-2"}).optim.lr == 0.01  # a string from JSON
+    with pytest.raises(ConfigError, match="optim.lr: expected a number"):
+        load_config(overrides=["optim.lr=fast"])
+
+
+def test_modes_and_their_terms_are_one_table():
+    from road_ray.config import DISTILLATION_DOMAIN, MODES, SPATIAL_MODES, ROADConfig
+
+    assert set(DISTILLATION_DOMAIN) | SPATIAL_MODES <= set(MODES)
+    assert ROADConfig(mode="dst").distillation_domain == "target"
+    assert ROADConfig(mode="source_dist").distillation_domain == "source"
+    assert ROADConfig(mode="road", lambda_dist=0.0).uses_teacher is False
+    assert ROADConfig(mode="spt").uses_spatial and not ROADConfig(mode="spt", lambda_spt=0.0).uses_spatial
+    assert not ROADConfig(mode="nonadapt").uses_teacher and not ROADConfig(mode="nonadapt").uses_spatial
+
+
+def test_smoke_sizes_then_the_users_overrides():
+    from road_ray.config import SMOKE_OVERRIDES
+
+    cfg = load_config(overrides=["optim.max_iters=9"], smoke=True)
+    assert cfg.optim.max_iters == 9 and cfg.data.crop_size == SMOKE_OVERRIDES["data.crop_size"]

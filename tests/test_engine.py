@@ -222,7 +222,7 @@ def test_validation_images_are_kept_after_the_first_complete_pass():
 
 def test_uint8_crops_are_normalized_on_the_device():
     from road_ray.data.transforms import normalize
-    from road_ray.engine.loop import _to_device
+    from road_ray.engine.loop import to_device
 
     rgb = np.random.default_rng(0).integers(0, 256, (2, 6, 6, 3), dtype=np.uint8)
     batch = {
@@ -230,7 +230,7 @@ def test_uint8_crops_are_normalized_on_the_device():
         "source_label": torch.tensor([[[0, 255]]], dtype=torch.uint8),
         "source_box": torch.zeros(2, 8),
     }
-    out = _to_device(batch, torch.device("cpu"))
+    out = to_device(batch, torch.device("cpu"))
     np.testing.assert_allclose(out["source_image"].numpy(), normalize(rgb), rtol=1e-6, atol=1e-6)
     assert out["source_label"].dtype == torch.int64 and out["source_label"].tolist() == [[[0, 255]]]
     assert out["source_box"] is batch["source_box"]

@@ -169,9 +169,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def parse_network(network: str) -> tuple[str, str]:
     """``"deeplabv2-small"`` -> ``("deeplabv2", "small")`` (arch, backbone)."""
-    from road_ray.config import Arch, Backbone
+    from road_ray.config import Arch, BackboneName
 
-    archs, backbones = Arch.__args__, Backbone.__args__
+    archs, backbones = Arch.__args__, BackboneName.__args__
     arch, _, backbone = network.partition("-")
     if arch not in archs or backbone not in backbones:
         choices = ", ".join(f"{a}-{b}" for a in archs for b in backbones)

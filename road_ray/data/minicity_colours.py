@@ -14,10 +14,10 @@ import numpy as np
 
 from road_ray.data.minicity_scene import MATERIALS
 
-Mode = tuple[float, tuple[float, float], tuple[float, float], tuple[float, float]]
+ColourMode = tuple[float, tuple[float, float], tuple[float, float], tuple[float, float]]
 ANY = (0.0, 360.0)
 GREY = (0.0, 0.06)
-PALETTES: dict[str, dict[str, list[Mode]]] = {
+PALETTES: dict[str, dict[str, list[ColourMode]]] = {
     "game": {  # saturated, bright, "designed" colours; little per-instance spread
         "sky": [(1, (205, 212), (0.55, 0.65), (0.88, 0.95))],
         "asphalt": [(1, (255, 275), (0.10, 0.16), (0.33, 0.40))],

@@ -35,9 +35,6 @@ from road_ray.labels import get_label_space
 from road_ray.models import build_segmenter, build_teacher
 from road_ray.road import ROADObjective, train_step
 
-# Modes whose loss uses the teacher (target-guided or source distillation).
-DISTILLATION_MODES = ("dst", "road", "source_dist")
-
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf: the run stops; its last good checkpoint is left intact."""
@@ -69,8 +66,7 @@ def build_objective(cfg: Config, device: torch.device) -> ROADObjective:
     student = build_segmenter(cfg.model)
     if cfg.road.mode == "frozen":
         student.freeze_stages(cfg.road.frozen_stages)
-    needs_teacher = cfg.road.mode in DISTILLATION_MODES and cfg.road.lambda_dist > 0
-    teacher = build_teacher(cfg.model) if needs_teacher else None
+    teacher = build_teacher(cfg.model) if cfg.road.uses_teacher else None
     objective = ROADObjective(
         student,
         teacher,
@@ -84,7 +80,7 @@ def build_objective(cfg: Config, device: torch.device) -> ROADObjective:
     return objective
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     out = {}
     for k, v in batch.items():
         # Crop boxes stay on the CPU: the splitting layer computes regions there (no host sync).
@@ -185,7 +181,7 @@ def train_loop(
     objective.train()
     for iteration in range(start_iter + 1, cfg.optim.max_iters + 1):
         lr = set_learning_rate(optimizer, cfg.optim, iteration - 1)
-        batch = _to_device(next(train_batches), device)
+        batch = to_device(next(train_batches), device)
         out = train_step(objective, optimizer, batch, autocast_dtype=amp_dtype, device_type=device.type)
 
         is_eval = iteration % cfg.run.eval_every == 0 or iteration == cfg.optim.max_iters

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from road_ray.config import Config
+from road_ray.config import DATA_SPLITS, Config
 from road_ray.data.shards import join
 from road_ray.paths import file_lock, home
 
@@ -71,7 +71,7 @@ def check_shard_folders(cfg: Config) -> None:
     """Fail early, naming the key, when a configured shard folder does not exist."""
     from road_ray.data.shards import list_shard_files
 
-    for key in ("source", "target", "target_val", "source_val"):
+    for key in DATA_SPLITS:
         path = getattr(cfg.data, key)
         if path:
             try:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models import vgg as tv_vgg
 
-from road_ray.config import Backbone as BackboneName
+from road_ray.config import BackboneName
 
 
 def check_image_batch(x: Tensor) -> None:

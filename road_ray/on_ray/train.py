@@ -26,7 +26,7 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from road_ray.config import SMOKE_OVERRIDES, Config, apply_overrides, config_from_dict, load_config
+from road_ray.config import TRAIN_SPLITS, VAL_SPLITS, Config, config_from_dict, load_config
 from road_ray.engine.loop import LoopHooks, TrainingDiverged, train_loop
 from road_ray.engine.resolve import check_shard_folders, resolve_config
 from road_ray.on_ray.data import CachedValidation, mixed_domain_batches, train_stream, val_stream
@@ -185,7 +185,7 @@ def build_trainer(
         "target": train_stream(cfg.data.target, cfg.data, seed=cfg.run.seed + 1, labeled=False),
     }
     val_splits = []
-    for key in ("target_val", "source_val"):
+    for key in VAL_SPLITS:
         path = getattr(cfg.data, key)
         if path:
             datasets[key] = val_stream(path, cfg.data, max_images=cfg.data.max_val_images)
@@ -217,7 +217,7 @@ def build_trainer(
             ),  # keeps the best-by-mIoU checkpoint; Ray always keeps the latest as well
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["source", "target"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(TRAIN_SPLITS)),
     )
 
 
@@ -308,9 +308,5 @@ def run_training(
 def train_from_cli(
     config_path: str | None, overrides: list[str], smoke: bool, storage: str | None, name: str | None
 ) -> dict[str, Any]:
-    cfg = load_config(config_path)
-    if smoke:
-        apply_overrides(cfg, SMOKE_OVERRIDES)
-    apply_overrides(cfg, overrides)  # the user's --set wins over --smoke
-    cfg.validate()
+    cfg = load_config(config_path, overrides, smoke=smoke)
     return run_training(cfg, storage=storage, name=name)

@@ -38,7 +38,7 @@ import ray
 import ray.tune
 from ray import tune
 
-from road_ray.config import SMOKE_OVERRIDES, Config, ConfigError, apply_overrides, config_from_dict
+from road_ray.config import DATA_SPLITS, SMOKE_OVERRIDES, Config, ConfigError, apply_overrides, config_from_dict
 from road_ray.engine.loop import TrainingDiverged
 from road_ray.engine.resolve import check_shard_folders, resolve_config
 from road_ray.on_ray.train import build_trainer, diverged_marker, init_ray, run_name, summarize
@@ -109,7 +109,7 @@ def resolved_points(spec: SearchSpace, unresolved: Config, base: Config, log=pri
         own = resolve_config(cfg, log=log).data
         paths = {
             f"data.{k}": getattr(own, k)
-            for k in ("source", "target", "target_val", "source_val")
+            for k in DATA_SPLITS
             if f"data.{k}" not in overrides and getattr(own, k) != getattr(base.data, k)
         }
         points[name] = {**overrides, **paths}
@@ -410,7 +410,7 @@ def _latest_experiment(storage: str, stem: str | None) -> str:
 
 
 def _check_placeholders(cfg: Config, space_path: str) -> None:
-    for key in ("source", "target", "target_val", "source_val"):
+    for key in DATA_SPLITS:
         value = getattr(cfg.data, key)
         if PLACEHOLDER in value:
             raise ConfigError(

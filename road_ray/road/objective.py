@@ -37,17 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from road_ray.config import ROADConfig, parse_grid
+from road_ray.config import MODES, ROADConfig, parse_grid
 from road_ray.data.boxes import BOX_SIZE
 from road_ray.labels import IGNORE_INDEX
 from road_ray.road.distillation import distillation_loss
 from road_ray.road.grl import GradientReversal
 from road_ray.road.spatial import RegionDomainClassifiers, region_counts, region_index, spatial_aware_loss
-
-# Which crops L_dist is computed on, per mode (absent: no distillation).
-_DIST_DOMAIN: dict[str, str] = {"dst": "target", "road": "target", "source_dist": "source"}
-_SPT_MODES: frozenset[str] = frozenset({"spt", "road"})
-_MODES: frozenset[str] = frozenset({"nonadapt", "dst", "spt", "road", "frozen", "source_dist", "oracle"})
 
 
 @dataclass
@@ -85,14 +80,14 @@ class ROADObjective(nn.Module):
         feature_channels: int,
     ) -> None:
         super().__init__()
-        if cfg.mode not in _MODES:
-            raise ValueError(f"road.mode: {cfg.mode!r} is not one of {', '.join(sorted(_MODES))}")
+        if cfg.mode not in MODES:
+            raise ValueError(f"road.mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
         self.cfg = cfg
         self.teacher_layer = teacher_layer
         self.grid = parse_grid(cfg.grid)
         self.num_regions = self.grid[0] * self.grid[1]
-        self.dist_domain = _DIST_DOMAIN.get(cfg.mode) if cfg.lambda_dist > 0 else None
-        self.spt_on = cfg.mode in _SPT_MODES and cfg.lambda_spt > 0
+        self.dist_domain = cfg.distillation_domain
+        self.spt_on = cfg.uses_spatial
         if self.dist_domain is not None and teacher is None:
             raise ValueError(
                 f"road.mode={cfg.mode!r} with road.lambda_dist={cfg.lambda_dist} distills toward a teacher, "

@@ -57,7 +57,7 @@ from typing import Any, Literal
 
 import yaml
 
-from road_ray.config import SMOKE_OVERRIDES, Config, ConfigError, apply_overrides, valid_keys
+from road_ray.config import SMOKE_OVERRIDES, Config, ConfigError, apply_overrides, load_yaml, valid_keys
 
 # Where the shipped spaces live (the repository's search_spaces/ folder).
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -272,7 +272,7 @@ def load_space(name_or_path: str | Path | None = None, base: Config | None = Non
     """Load and validate a search-space YAML file (see the module docstring for the format)."""
     path = resolve_space_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise SpaceError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     except OSError as e:
