@@ -7,9 +7,9 @@ that need no Ray never import it. Every bad input exits non-zero with a one-line
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from road_ray import jsonio
 from road_ray.config import ConfigError
 
 EPILOG = "Docs: README.md and docs/. Every command exits non-zero with a one-line reason on bad input."
@@ -187,7 +187,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     summary = train_from_cli(
         config_path=args.config, overrides=args.overrides, smoke=args.smoke, storage=args.storage, name=args.name
     )
-    print(json.dumps(summary))
+    print(jsonio.dumps(summary))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

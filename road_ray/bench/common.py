@@ -13,8 +13,6 @@ Ray part of ``bench/step.py`` import it, inside functions).
 from __future__ import annotations
 
 import importlib
-import json
-import math
 import os
 import platform
 import statistics
@@ -26,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from road_ray import jsonio
 
 BENCHES: dict[str, str] = {"step": "road_ray.bench.step", "data": "road_ray.bench.data", "eval": "road_ray.bench.eval"}
 
@@ -63,28 +63,9 @@ def run_bench(what: str, json_path: str | None = None, **options: Any) -> dict[s
     if json_path:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_finite(result), indent=2, default=_json_default, allow_nan=False) + "\n")
+        path.write_text(jsonio.dumps(result, indent=2) + "\n")
         progress(f"wrote {path}")
     return result
-
-
-def _finite(value: Any) -> Any:
-    """NaN/inf (e.g. a share of a zero time) become null: JSON has no NaN."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,7 +195,7 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> fl
     return median([a / b for a, b in zip(numerator, denominator)])
 
 
-def summary(values: Sequence[float]) -> dict[str, float]:
+def spread(values: Sequence[float]) -> dict[str, float]:
     """Median and spread of one series (seconds or rates)."""
     ordered = sorted(values)
     return {

@@ -37,7 +37,7 @@ from road_ray.bench.common import (
     resolve_device,
     resolve_precision,
     rotated,
-    summary,
+    spread,
     timed,
 )
 
@@ -213,7 +213,7 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
         },
         "figures": {
             "images_per_s": {mode: median(v) for mode, v in rates.items()},
-            "images_per_s_spread": {mode: summary(v) for mode, v in rates.items()},
+            "images_per_s_spread": {mode: spread(v) for mode, v in rates.items()},
             "images_per_s_overall": {mode: n * o["repeats"] / t for mode, t in seconds.items()},
             "slide_over_whole_time": paired_ratio(rates["whole"], rates["slide"]),
             "host_syncs": audits,

@@ -54,7 +54,7 @@ from road_ray.bench.common import (
     resolve_device,
     resolve_precision,
     rotated,
-    summary,
+    spread,
     timed,
 )
 from road_ray.config import Config, apply_overrides, config_from_dict
@@ -549,7 +549,7 @@ def _figures(times, flops, setup: StepSetup, device, precision, peak_override) -
         ),
         "images_per_s": {name: images / median(times[name]) for name in ("road", "plain", "ray") if name in times},
         "crops_per_s_consumed_by_road_step": images / t_road,
-        "times_s": {name: summary(values) for name, values in times.items()},
+        "times_s": {name: spread(values) for name, values in times.items()},
         "gflop_per_call": {name: n / 1e9 for name, n in flops.items()},
         # the noise-free counterpart of the ratios above: what the extra work alone would cost
         "flop_ratio_road_over_plain": flops["road"] / flops["plain"],

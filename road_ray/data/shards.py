@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
+from road_ray import jsonio
 from road_ray.storage import join, open_fs, with_scheme
 
 SHARD_SCHEMA = pa.schema(
@@ -156,7 +157,7 @@ def write_manifest(out: str, manifest: dict[str, Any]) -> None:
     fs.create_dir(path, recursive=True)
     tmp = join(path, f".tmp-{uuid.uuid4().hex}.json")
     with fs.open_output_stream(tmp) as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=False).encode())
+        f.write(jsonio.dumps(manifest, indent=2).encode())
     fs.move(tmp, join(path, MANIFEST))
 
 

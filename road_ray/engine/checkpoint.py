@@ -1,7 +1,7 @@
 """Checkpoint directories (DESIGN §3), written atomically and loaded with ``weights_only=True``.
 
 A checkpoint is a directory holding ``checkpoint.pt`` (a plain dict of state dicts:
-student, domain classifiers, optimizer, grad scaler, the iteration, RNG states),
+student, domain classifiers, optimizer, the iteration, RNG states; bf16 autocast needs no grad scaler),
 ``config.json`` (the full resolved config, so a checkpoint is self-describing) and
 ``meta.json`` (iteration, metrics: small and human-readable). The learning rate is a pure
 function of the iteration (``engine/optim.py``), so the iteration *is* the scheduler state.
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from road_ray import storage
+from road_ray import jsonio, storage
 from road_ray.config import Config, config_from_dict
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -63,7 +63,6 @@ def save_checkpoint(
     student: torch.nn.Module,
     domain_classifiers: torch.nn.Module | None,
     optimizer: torch.optim.Optimizer | None,
-    scaler: torch.amp.GradScaler | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically: into a temporary sibling, then renamed.
@@ -81,13 +80,12 @@ def save_checkpoint(
             "student": _unwrap(student).state_dict(),
             "domain_classifiers": _unwrap(domain_classifiers).state_dict() if domain_classifiers is not None else None,
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
             "rng": rng_state(),
         }
         torch.save(payload, tmp / CHECKPOINT_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+        (tmp / CONFIG_FILE).write_text(jsonio.dumps(config.to_dict(), indent=2))
         meta = {"iteration": int(iteration), "metrics": metrics or {}, "format_version": FORMAT_VERSION}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
+        (tmp / META_FILE).write_text(jsonio.dumps(meta, indent=2))
         if directory.exists():
             old = directory.parent / f".old-{directory.name}-{uuid.uuid4().hex[:8]}"
             os.replace(directory, old)

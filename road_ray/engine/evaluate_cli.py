@@ -8,7 +8,6 @@ written as Cityscapes **labelIds** PNGs at the ground truth's full resolution,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from road_ray import jsonio
 from road_ray.data.shards import iter_rows, join
 from road_ray.data.transforms import decode_image, decode_label, normalize
 from road_ray.engine.checkpoint import load_checkpoint, load_student_state, local_checkpoint, read_checkpoint_config
@@ -163,5 +163,5 @@ def eval_from_cli(args: argparse.Namespace) -> dict[str, Any]:
     result.update({"checkpoint": str(checkpoint), "shards": shards, "iteration": iteration})
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        Path(args.json).write_text(jsonio.dumps(result, indent=2))
     return result

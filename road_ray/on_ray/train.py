@@ -26,6 +26,7 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
+from road_ray import jsonio
 from road_ray.config import TRAIN_SPLITS, VAL_SPLITS, Config, config_from_dict, load_config
 from road_ray.engine.loop import LoopHooks, TrainingDiverged, train_loop
 from road_ray.engine.resolve import check_shard_folders, resolve_config
@@ -101,7 +102,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         nonlocal history
         if rank == 0:
-            history += json.dumps(metrics, default=float) + "\n"
+            history += jsonio.dumps(metrics) + "\n"
             write_text(history_uri, history)
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(
@@ -221,7 +222,7 @@ def build_trainer(
     )
 
 
-def summarize(result: ray.train.Result, storage: str, name: str) -> dict[str, Any]:
+def run_outcome(result: ray.train.Result, storage: str, name: str) -> dict[str, Any]:
     """The JSON summary of a finished run: iter, miou, checkpoint (+ the best one).
 
     Raises TrainingDiverged when the run stopped on a NaN/inf loss.
@@ -302,7 +303,7 @@ def run_training(
     init_ray()
     log(f"[train] run {name} in {storage}")
     trainer = build_trainer(cfg, storage=storage, name=name, inject_fault_at=inject_fault_at)
-    return summarize(trainer.fit(), storage, name)
+    return run_outcome(trainer.fit(), storage, name)
 
 
 def train_from_cli(

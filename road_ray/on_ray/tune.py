@@ -38,10 +38,11 @@ import ray
 import ray.tune
 from ray import tune
 
+from road_ray import jsonio
 from road_ray.config import DATA_SPLITS, SMOKE_OVERRIDES, Config, ConfigError, apply_overrides, config_from_dict
 from road_ray.engine.loop import TrainingDiverged
 from road_ray.engine.resolve import check_shard_folders, resolve_config
-from road_ray.on_ray.train import build_trainer, diverged_marker, init_ray, run_name, summarize
+from road_ray.on_ray.train import build_trainer, diverged_marker, init_ray, run_name, run_outcome
 from road_ray.paths import default_storage
 from road_ray.storage import absolute, exists, is_uri, join, read_text, write_text
 from road_ray.sweeps import results
@@ -94,7 +95,7 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
         callbacks=[TuneReportCallback()],
         torch_threads=max(1, int(cfg.run.cpus_per_worker)),
     )
-    summarize(trainer.fit(), storage, name)  # raises TrainingDiverged: the trial is marked ERROR
+    run_outcome(trainer.fit(), storage, name)  # raises TrainingDiverged: the trial is marked ERROR
 
 
 def resolved_points(spec: SearchSpace, unresolved: Config, base: Config, log=print) -> dict[str, Any]:
@@ -203,14 +204,14 @@ def run_sweep(
         concurrency = max_concurrent or spec.max_concurrent or auto_concurrency(config_from_dict(sweep["base_config"]))
         concurrency = min(concurrency, _trial_count(spec))
         sweep["machine"] = provenance()
-        write_text(join(experiment_dir, results.SWEEP_RECORD), json.dumps(sweep, indent=2, default=str))
+        write_text(join(experiment_dir, results.SWEEP_RECORD), jsonio.dumps(sweep, indent=2, default=str))
         log(
             f"[tune] {spec.path}: {_trial_count(spec)} trials, {concurrency} at a time, metric {spec.metric} ({spec.mode})"
             f" -> {experiment_dir}"
         )
         tuner = build_tuner(spec, sweep, trainable, experiment_dir, concurrency, optuna_storage)
     tuner.fit()  # failed/diverged trials are recorded in the result grid; the sweep goes on
-    return summarize_sweep(experiment_dir)
+    return sweep_outcome(experiment_dir)
 
 
 def start_ray() -> None:
@@ -346,7 +347,7 @@ def auto_concurrency(cfg: Config) -> int:
     return max(1, int(resources.get("CPU", 1) // max(per_trial, 4.0)))
 
 
-def summarize_sweep(experiment_dir: str) -> SweepOutcome:
+def sweep_outcome(experiment_dir: str) -> SweepOutcome:
     exp = results.read_experiment(experiment_dir)
     table = results.format_table(exp)
     try:

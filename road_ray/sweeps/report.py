@@ -15,7 +15,6 @@ form instead: see :mod:`road_ray.sweeps.study`.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from road_ray import jsonio
 from road_ray.storage import is_uri  # noqa: E402
 from road_ray.sweeps.results import (  # noqa: E402
     TRAIN_RUNS,
@@ -58,7 +58,7 @@ def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None, 
     # Checkpoints as paths inside the experiment (train_runs/...): the files travel with reports.
     portable = [{**r, "checkpoint": _in_experiment(r.get("checkpoint"))} for r in rows]
     _write_csv(exp, portable, out / "trials.csv")
-    (out / "trials.json").write_text(json.dumps(portable, indent=2, default=str))  # the raw numbers
+    (out / "trials.json").write_text(jsonio.dumps(portable, indent=2, default=str))  # the raw numbers
 
     plots: list[tuple[str, str]] = []  # (file, caption)
     notes: list[str] = []

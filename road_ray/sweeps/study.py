@@ -12,7 +12,6 @@ the target labels. The study's raw numbers go to ``study.json``. No Ray here.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from road_ray import jsonio
 from road_ray.sweeps.results import Experiment, display_path, number  # noqa: E402
 from road_ray.sweeps.space import POINT_KEY  # noqa: E402
 
@@ -170,7 +170,7 @@ def mean_std(values: list[Any]) -> dict[str, Any]:
 def write_study(exp: Experiment, out: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """Write ``study.json`` and one PNG per bars study; return the Markdown lines and the plots."""
     result = study_results(exp)
-    (out / "study.json").write_text(json.dumps(result, indent=2))
+    (out / "study.json").write_text(jsonio.dumps(result, indent=2))
     lines = ["## Study", ""]
     s = result["settings"]
     lines += [
