@@ -156,6 +156,12 @@ def test_loop_loss_falls_reports_and_resumes(tmp_path):
     assert rec.reports[-1]["miou"] is not None and rec.reports[-1]["source_val_miou"] is None
     assert "iou/road" in rec.reports[-1] and rec.reports[-1]["target_entropy"] > 0
     assert last["iter"] == 12
+    # Where the run's time went: its phases, and the share of it spent in training steps.
+    timeline = rec.reports[-1]
+    phases = [timeline[f"time/{p}"] for p in ("startup", "train", "eval", "checkpoint")]
+    assert all(t >= 0 for t in phases) and timeline["time/train"] > 0 and timeline["time/eval"] > 0
+    assert rec.reports[0]["time/checkpoint"] == 0 < timeline["time/checkpoint"]  # the first save counts later
+    assert sum(phases) <= timeline["time/wall"] + 1e-3 and 0 < timeline["train_share"] < 1
 
     # Resume from the iteration-6 checkpoint with a longer schedule: it continues at 7, not 0,
     # with the optimizer's momentum buffers restored.

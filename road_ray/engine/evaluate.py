@@ -1,4 +1,4 @@
-"""Whole-split evaluation (DESIGN §3): one confusion matrix over the split, summed across workers.
+"""Whole-split evaluation: one confusion matrix over the split, summed across workers.
 
 Besides the oracle mIoU (needs target labels) it computes a label-free selection proxy,
 the mean per-pixel prediction entropy on the target images (lower = more confident), which
@@ -66,31 +66,8 @@ def evaluate(
     for index, batch in enumerate(batches):
         if settings.max_images and index >= settings.max_images:
             break
-        if index % world_size != rank:
-            continue
-        image = batch["image"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=settings.autocast_dtype, enabled=settings.autocast_dtype is not None):
-            logits = predict(model, image, settings)
-        logits = logits.float()
-        prob = torch.softmax(logits, dim=1)
-        entropy = -(prob * torch.log(prob.clamp_min(1e-12))).sum(1)
-        pred = logits.argmax(1)
-        totals[0] += entropy.sum()
-        totals[1] += entropy.numel()
-        totals[2] += image.shape[0]
-        label = batch.get("label")
-        if label is not None:
-            label = label.to(device, non_blocking=True)
-            cm.update(pred, label, check_range=False)  # an argmax: in range, and no host sync
-            totals[3] += image.shape[0]
-        if on_prediction is not None:
-            ids = batch.get("id") or [f"{index:06d}"]
-            for i, image_id in enumerate(ids):
-                on_prediction(
-                    str(image_id),
-                    pred[i].to(torch.uint8).cpu().numpy(),
-                    None if label is None else label[i].to(torch.uint8).cpu().numpy(),
-                )
+        if index % world_size == rank:
+            _score_batch(model, batch, index, settings, device, cm, totals, on_prediction)
     if all_reduce is not None and world_size > 1:
         cm.all_reduce(all_reduce)
         all_reduce(totals)
@@ -104,3 +81,30 @@ def evaluate(
     scores["images"] = int(images)
     scores["confusion_matrix"] = cm.matrix.cpu().numpy()
     return scores
+
+
+def _score_batch(model, batch, index, settings, device, cm, totals, on_prediction) -> None:
+    """Predict one validation batch; add to the confusion matrix and the entropy sums (on the device)."""
+    image = batch["image"].to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=settings.autocast_dtype, enabled=settings.autocast_dtype is not None):
+        logits = predict(model, image, settings)
+    logits = logits.float()
+    prob = torch.softmax(logits, dim=1)
+    entropy = -(prob * torch.log(prob.clamp_min(1e-12))).sum(1)
+    pred = logits.argmax(1)
+    totals[0] += entropy.sum()
+    totals[1] += entropy.numel()
+    totals[2] += image.shape[0]
+    label = batch.get("label")
+    if label is not None:
+        label = label.to(device, non_blocking=True)
+        cm.update(pred, label, check_range=False)  # an argmax: in range, and no host sync
+        totals[3] += image.shape[0]
+    if on_prediction is not None:
+        ids = batch.get("id") or [f"{index:06d}"]
+        for i, image_id in enumerate(ids):
+            on_prediction(
+                str(image_id),
+                pred[i].to(torch.uint8).cpu().numpy(),
+                None if label is None else label[i].to(torch.uint8).cpu().numpy(),
+            )

@@ -9,9 +9,7 @@ The Ray wiring (``road_ray/on_ray/train.py``) supplies the hooks (DDP wrapping, 
 
 from __future__ import annotations
 
-import math
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +29,12 @@ from road_ray.engine.checkpoint import (
 )
 from road_ray.engine.evaluate import EvalSettings, evaluate
 from road_ray.engine.optim import build_optimizer, set_learning_rate
+from road_ray.engine.progress import ProgressLog, Timeline, TrainingDiverged, eval_line
 from road_ray.labels import get_label_space
 from road_ray.models import build_segmenter, build_teacher
 from road_ray.road import ROADObjective, train_step
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf: the run stops; its last good checkpoint is left intact."""
+__all__ = ["LoopHooks", "TrainingDiverged", "autocast_dtype", "build_objective", "to_device", "train_loop"]
 
 
 @dataclass
@@ -55,7 +52,7 @@ class LoopHooks:
 
 
 def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPU (DESIGN §3), fp32 on CPU unless asked otherwise."""
+    """bf16 autocast on GPU (it needs no grad scaler, unlike fp16), fp32 on CPU unless asked otherwise."""
     if cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
@@ -94,15 +91,108 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return out
 
 
-def _eval_metrics(prefix: str, scores: dict[str, Any]) -> dict[str, Any]:
-    if prefix == "":
-        metrics = {"miou": scores["miou"], "target_entropy": scores["entropy"]}
-        metrics.update({f"iou/{name}": v for name, v in scores["iou"].items()})
-        for key in ("miou16", "miou13"):
-            if key in scores:
-                metrics[key] = scores[key]
-        return metrics
-    return {f"{prefix}miou": scores["miou"]}
+@dataclass
+class _Run:
+    """What the loop trains: the objective (student wrapped by the runner), its optimizer, the state."""
+
+    objective: ROADObjective
+    student: nn.Module  # unwrapped: what checkpoints store and evaluations run
+    optimizer: torch.optim.Optimizer
+    amp_dtype: torch.dtype | None
+    iteration: int = 0
+    best_miou: float | None = None
+
+
+def _build_run(cfg: Config, hooks: LoopHooks) -> _Run:
+    """Objective and optimizer; only the trainable parts go through ``hooks.wrap_module`` (DDP)."""
+    objective = build_objective(cfg, hooks.device)
+    student = objective.student
+    optimizer = build_optimizer(student, objective.domain_classifiers, cfg.optim, fused=hooks.device.type == "cuda")
+    objective.student = hooks.wrap_module(student)
+    if objective.domain_classifiers is not None:
+        objective.domain_classifiers = hooks.wrap_module(objective.domain_classifiers)
+    return _Run(objective, student, optimizer, autocast_dtype(cfg, hooks.device))
+
+
+def _resume(run: _Run, hooks: LoopHooks) -> None:
+    """Weights, optimizer, RNG states, iteration and best mIoU of the checkpoint in ``hooks.resume_dir``."""
+    payload = load_checkpoint(hooks.resume_dir, map_location=hooks.device)
+    load_student_state(run.student, payload["student"], str(hooks.resume_dir))
+    classifiers = run.objective.domain_classifiers
+    if payload["domain_classifiers"] is not None and classifiers is not None:
+        getattr(classifiers, "module", classifiers).load_state_dict(payload["domain_classifiers"])
+    if payload["optimizer"] is not None:
+        run.optimizer.load_state_dict(payload["optimizer"])
+    set_rng_state(payload["rng"])
+    run.iteration = payload["iteration"]
+    run.best_miou = read_checkpoint_metrics(hooks.resume_dir).get("best_miou")
+    hooks.log(f"[train] resumed from {hooks.resume_dir} at iteration {run.iteration}")
+
+
+class _Evaluator:
+    """The evaluation of a run: target-val (the oracle) and source-val, the same settings each time."""
+
+    def __init__(self, cfg: Config, run: _Run, val_batches, hooks: LoopHooks) -> None:
+        self.run, self.val_batches, self.hooks = run, val_batches, hooks
+        self.label_space = get_label_space(cfg.data.label_space)
+        self.settings = EvalSettings(
+            mode=cfg.data.eval_mode,
+            scale=cfg.data.eval_scale,
+            window=cfg.data.crop_size,
+            max_images=cfg.data.max_val_images,
+            autocast_dtype=run.amp_dtype,
+        )
+
+    def split(self, name: str) -> dict[str, Any] | None:
+        """Scores of one split, or None when it is not configured."""
+        if self.val_batches is None:
+            return None
+        try:
+            batches = self.val_batches(name)
+        except KeyError:
+            return None
+        h = self.hooks
+        return evaluate(
+            self.run.student,
+            batches,
+            self.label_space,
+            self.settings,
+            h.device,
+            rank=h.rank,
+            world_size=h.world_size,
+            all_reduce=h.all_reduce,
+        )
+
+    def __call__(self) -> dict[str, Any]:
+        """The evaluation metrics of a report: ``miou`` (None without target-val), per-class IoU,
+        the label-free ``target_entropy`` and ``source_val_miou``."""
+        out: dict[str, Any] = {"miou": None, "target_entropy": None}
+        target = self.split("target_val")
+        if target is not None:
+            out.update({"miou": target["miou"], "target_entropy": target["entropy"]})
+            out.update({f"iou/{name}": v for name, v in target["iou"].items()})
+            out.update({k: target[k] for k in ("miou16", "miou13") if k in target})
+        source = self.split("source_val")
+        out["source_val_miou"] = source["miou"] if source is not None else None
+        return out
+
+
+def _checkpoint_and_report(cfg: Config, run: _Run, metrics: dict[str, Any], hooks: LoopHooks) -> None:
+    """Rank 0 writes the checkpoint; every rank reports (a report is a barrier in Ray Train)."""
+    with tempfile.TemporaryDirectory(prefix="road-ray-ckpt-") as tmp:
+        ckpt = None
+        if hooks.rank == 0:
+            ckpt = save_checkpoint(
+                Path(tmp) / "checkpoint",
+                config=cfg,
+                iteration=run.iteration,
+                student=run.student,
+                domain_classifiers=run.objective.domain_classifiers,
+                optimizer=run.optimizer,
+                metrics=metrics,
+            )
+            hooks.log(eval_line(metrics))
+        hooks.report(dict(metrics), ckpt)
 
 
 def train_loop(
@@ -111,151 +201,46 @@ def train_loop(
     val_batches: Callable[[str], Iterable[dict[str, Any]]] | None,
     hooks: LoopHooks,
 ) -> dict[str, Any]:
-    """Run ``cfg.optim.max_iters`` ROAD iterations; returns the last reported metrics.
+    """Run ``cfg.optim.max_iters`` ROAD iterations (Eq. 5); returns the last reported metrics.
 
-    ``val_batches(name)`` yields whole images of ``"target_val"`` / ``"source_val"``
-    (or raises KeyError when that split is not configured).
+    ``val_batches(name)`` yields whole images of ``"target_val"`` / ``"source_val"`` (or raises
+    KeyError when that split is not configured). Every ``run.eval_every`` iterations and at the
+    end: evaluate, checkpoint, report.
     """
+    timeline = Timeline()
     torch.manual_seed(cfg.run.seed + hooks.rank)
-    device = hooks.device
-    objective = build_objective(cfg, device)
-    student = objective.student
-    optimizer = build_optimizer(student, objective.domain_classifiers, cfg.optim, fused=device.type == "cuda")
-    objective.student = hooks.wrap_module(student)
-    if objective.domain_classifiers is not None:
-        objective.domain_classifiers = hooks.wrap_module(objective.domain_classifiers)
-    amp_dtype = autocast_dtype(cfg, device)
-
-    start_iter, best_miou = 0, -math.inf
+    run = _build_run(cfg, hooks)
     if hooks.resume_dir is not None:
-        payload = load_checkpoint(hooks.resume_dir, map_location=device)
-        load_student_state(student, payload["student"], str(hooks.resume_dir))
-        if payload["domain_classifiers"] is not None and objective.domain_classifiers is not None:
-            getattr(objective.domain_classifiers, "module", objective.domain_classifiers).load_state_dict(
-                payload["domain_classifiers"]
-            )
-        if payload["optimizer"] is not None:
-            optimizer.load_state_dict(payload["optimizer"])
-        set_rng_state(payload["rng"])
-        start_iter = payload["iteration"]
-        previous_best = read_checkpoint_metrics(hooks.resume_dir).get("best_miou")
-        best_miou = previous_best if previous_best is not None else best_miou
-        hooks.log(f"[train] resumed from {hooks.resume_dir} at iteration {start_iter}")
+        _resume(run, hooks)
+    evaluate_run = _Evaluator(cfg, run, val_batches, hooks)
+    if run.iteration >= cfg.optim.max_iters:
+        # Nothing left to do, but a resumed trial must still report once (Tune needs its metric).
+        hooks.report({"iter": run.iteration, "done": 1, **evaluate_run()}, None)
+        return {"iter": run.iteration}
 
-    label_space = get_label_space(cfg.data.label_space)
-    eval_settings = EvalSettings(
-        mode=cfg.data.eval_mode,
-        scale=cfg.data.eval_scale,
-        window=cfg.data.crop_size,
-        max_images=cfg.data.max_val_images,
-        autocast_dtype=amp_dtype,
-    )
     images_per_step = (cfg.data.batch_source + cfg.data.batch_target) * hooks.world_size
-    metrics: dict[str, Any] = {"iter": start_iter}
-    t_window, it_window = time.perf_counter(), start_iter
-    run_start = time.perf_counter()
-
-    def evaluate_split(name: str) -> dict[str, Any] | None:
-        if val_batches is None:
-            return None
-        try:
-            batches = val_batches(name)
-        except KeyError:
-            return None
-        return evaluate(
-            student,
-            batches,
-            label_space,
-            eval_settings,
-            device,
-            rank=hooks.rank,
-            world_size=hooks.world_size,
-            all_reduce=hooks.all_reduce,
-        )
-
-    if start_iter >= cfg.optim.max_iters:
-        # Nothing left to do, but a resumed trial must still report once (ray-notes).
-        hooks.report({"iter": start_iter, "done": 1, **_final_eval(evaluate_split)}, None)
-        return metrics
-
-    objective.train()
-    for iteration in range(start_iter + 1, cfg.optim.max_iters + 1):
-        lr = set_learning_rate(optimizer, cfg.optim, iteration - 1)
-        batch = to_device(next(train_batches), device)
-        out = train_step(objective, optimizer, batch, autocast_dtype=amp_dtype, device_type=device.type)
-
-        is_eval = iteration % cfg.run.eval_every == 0 or iteration == cfg.optim.max_iters
-        if iteration % cfg.run.log_every == 0 or is_eval:
-            # One host sync per log interval (not per step); it also guards against divergence.
-            losses = {k: v.item() for k, v in out.losses.items()}
-            total = out.loss.item()
-            if not math.isfinite(total):
-                raise TrainingDiverged(
-                    f"loss became {total} at iteration {iteration} (seg {losses['seg']}, dist {losses['dist']}, "
-                    f"spt {losses['spt']}); the last good checkpoint is kept"
-                )
-            now = time.perf_counter()
-            ips = (iteration - it_window) * images_per_step / max(now - t_window, 1e-9)
-            t_window, it_window = now, iteration
-            eta = (cfg.optim.max_iters - iteration) * images_per_step / max(ips, 1e-9)
-            metrics = {
-                "iter": iteration,
-                "lr": lr,
-                "loss/total": total,
-                "loss/seg": losses["seg"],
-                "loss/dist": losses["dist"],
-                "loss/spt": losses["spt"],
-                "domain_acc": out.domain_acc.item(),
-                "images_per_s": ips,
-            }
-            if hooks.rank == 0:
-                hooks.log(
-                    f"[train] iter {iteration}/{cfg.optim.max_iters} loss {total:.4f} (seg {losses['seg']:.4f} "
-                    f"dist {losses['dist']:.4f} spt {losses['spt']:.4f}) dom_acc {metrics['domain_acc']:.2f} "
-                    f"lr {lr:.2e} {ips:.1f} img/s eta {eta:.0f}s"
-                )
-
+    progress = ProgressLog(cfg.optim.max_iters, images_per_step, run.iteration, hooks.log if hooks.rank == 0 else None)
+    metrics: dict[str, Any] = {"iter": run.iteration}
+    run.objective.train()
+    for iteration in range(run.iteration + 1, cfg.optim.max_iters + 1):
+        timeline.started_training()
+        with timeline.phase("train"):
+            lr = set_learning_rate(run.optimizer, cfg.optim, iteration - 1)
+            batch = to_device(next(train_batches), hooks.device)
+            out = train_step(
+                run.objective, run.optimizer, batch, autocast_dtype=run.amp_dtype, device_type=hooks.device.type
+            )
+            run.iteration = iteration
+            is_eval = iteration % cfg.run.eval_every == 0 or iteration == cfg.optim.max_iters
+            if iteration % cfg.run.log_every == 0 or is_eval:
+                metrics = progress.metrics(iteration, lr, out)  # one host sync per log interval
         if is_eval:
-            metrics.update(_final_eval(evaluate_split))
-            metrics["elapsed_s"] = time.perf_counter() - run_start
-            miou = metrics.get("miou")
-            if miou is not None and miou > best_miou:
-                best_miou = miou
-            metrics["best_miou"] = best_miou if math.isfinite(best_miou) else None
-            # Rank 0 writes the checkpoint; every rank reports (it is a barrier in Ray Train).
-            with tempfile.TemporaryDirectory(prefix="road-ray-ckpt-") as tmp:
-                ckpt = None
-                if hooks.rank == 0:
-                    ckpt = save_checkpoint(
-                        Path(tmp) / "checkpoint",
-                        config=cfg,
-                        iteration=iteration,
-                        student=student,
-                        domain_classifiers=objective.domain_classifiers,
-                        optimizer=optimizer,
-                        metrics=metrics,
-                    )
-                    hooks.log(_eval_line(metrics))
-                hooks.report(dict(metrics), ckpt)
+            with timeline.phase("eval"):
+                metrics.update(evaluate_run())
+            if metrics["miou"] is not None and (run.best_miou is None or metrics["miou"] > run.best_miou):
+                run.best_miou = metrics["miou"]
+            metrics.update({"best_miou": run.best_miou, "elapsed_s": timeline.metrics()["time/wall"]})
+            with timeline.phase("checkpoint"):
+                metrics.update(timeline.metrics())  # the time of this checkpoint counts in the next report
+                _checkpoint_and_report(cfg, run, metrics, hooks)
     return metrics
-
-
-def _final_eval(evaluate_split: Callable[[str], dict[str, Any] | None]) -> dict[str, Any]:
-    out: dict[str, Any] = {"miou": None, "target_entropy": None}
-    target = evaluate_split("target_val")
-    if target is not None:
-        out.update(_eval_metrics("", target))
-    source = evaluate_split("source_val")
-    out["source_val_miou"] = source["miou"] if source is not None else None
-    return out
-
-
-def _eval_line(metrics: dict[str, Any]) -> str:
-    def fmt(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.2f}"
-
-    return (
-        f"[eval] iter {metrics['iter']} target-val mIoU (oracle) {fmt(metrics.get('miou'))} | "
-        f"source-val mIoU {fmt(metrics.get('source_val_miou'))} | target entropy (label-free) "
-        f"{fmt(metrics.get('target_entropy'))}"
-    )
