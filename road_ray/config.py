@@ -41,6 +41,7 @@ BackboneName = Literal["small", "vgg16", "resnet50", "resnet101"]
 LabelSpace = Literal["cityscapes19", "synthia16"]
 EvalMode = Literal["whole", "slide"]
 Precision = Literal["auto", "fp32", "bf16"]
+AdversarialForm = Literal["paper", "dann"]
 
 _GRID_RE = re.compile(r"^([1-9][0-9]*)x([1-9][0-9]*)$")
 
@@ -133,6 +134,15 @@ class ROADConfig:
     lambda_spt: float = 0.01  # λ2 (paper: 0.01)
     grid: str = "3x3"  # spatial partition H x W (paper Fig. 6; 3x3 is best)
     grl_coeff: float = 1.0  # gradient-reversal coefficient (Eq. 4 via [8])
+    # How λ2 enters L_spt's gradients. "paper" (Eq. 5): the loss is scaled by λ2, so the domain
+    # classifiers also learn at λ2 times their rate. "dann" (Ganin & Lempitsky 2015): the
+    # classifiers train on the unscaled loss; the backbone receives -λ2 times its gradient
+    # through the reversal layer. Same backbone gradient, classifiers 1/λ2 faster.
+    adversarial_form: AdversarialForm = "paper"
+    # The BatchNorm control: the student forwards the target crops in every mode, with no loss on
+    # them, so its BatchNorm statistics see the target as they do in dst/spt/road (an AdaBN-like
+    # effect that would otherwise be credited to the adaptation losses; "NonAdapt + target BN").
+    student_sees_target: bool = False
     classifier_hidden: int = 256  # hidden channels of each region's domain classifier
     frozen_stages: int = 2  # mode "frozen": backbone stages with lr 0 (Sec. 4.3)
 

@@ -362,7 +362,8 @@ def make_objective(mode="road", seed=0, **overrides):
     torch.manual_seed(seed)
     student = FakeStudent()
     teacher = FakeTeacher(copy.deepcopy(student.backbone), "layer3")
-    cfg = ROADConfig(mode=mode, lambda_dist=0.1, lambda_spt=0.5, grid="2x2", classifier_hidden=16, **overrides)
+    settings = {"lambda_dist": 0.1, "lambda_spt": 0.5, "grid": "2x2", "classifier_hidden": 16, **overrides}
+    cfg = ROADConfig(mode=mode, **settings)
     return ROADObjective(student, teacher, cfg, teacher_layer="layer3", feature_channels=16)
 
 
@@ -416,6 +417,59 @@ def test_zero_weight_terms_are_not_computed():
     assert obj.domain_classifiers is None and obj.teacher is None and teacher.inputs == []
     assert out.losses["dist"].item() == 0 and out.losses["spt"].item() == 0
     assert student.calls == [3]  # nothing needs the target crops
+
+
+@pytest.mark.parametrize("mode", ["nonadapt", "oracle", "frozen", "source_dist"])
+def test_batchnorm_control_forwards_target_crops_without_a_loss_on_them(mode):
+    plain, control = make_objective(mode).train(), make_objective(mode, student_sees_target=True).train()
+    batch = make_batch()
+    out_plain, out_control = plain(batch), control(batch)
+    assert plain.student.calls == [3] and control.student.calls == [5]  # the target crops go in
+    # BatchNorm in train mode normalises with the batch's statistics, so the source logits (and
+    # L_seg) change once the target crops share the batch: that is the effect being controlled for.
+    assert out_control.losses["seg"].item() != out_plain.losses["seg"].item()
+    assert set(k for k in ("dist", "spt") if out_control.losses[k].item() != 0) == EXPECTED_TERMS[mode]
+    # ... but no loss on the target crops: a target image's gradient flows only through the
+    # BatchNorm statistics, never through its own logits.
+    expected = out_control.losses["seg"] + 0.1 * out_control.losses["dist"]
+    assert out_control.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    head_only = make_objective(mode, student_sees_target=True).train()
+    head_only.student.backbone.layer2[1].eval()  # BatchNorm on running statistics: domains independent
+    target = batch["target_image"].clone().requires_grad_(True)
+    head_only({**batch, "target_image": target}).loss.backward()
+    assert target.grad is None or target.grad.abs().max().item() == 0.0
+
+
+def _spatial_gradients(form: str, lambda_spt: float):
+    obj = make_objective("spt", adversarial_form=form, lambda_spt=lambda_spt).train()
+    out = obj(make_batch())
+    out.loss.backward()
+    classifier = torch.cat([p.grad.flatten() for p in obj.domain_classifiers.parameters() if p.grad is not None])
+    backbone = obj.student.backbone.layer4[0].weight.grad.clone()
+    seg_only = make_objective("nonadapt", student_sees_target=True).train()  # same batch statistics
+    seg_only(make_batch()).loss.backward()
+    return out, classifier, backbone - seg_only.student.backbone.layer4[0].weight.grad
+
+
+def test_dann_form_trains_classifiers_on_the_unscaled_loss_and_reverses_lambda_into_the_backbone():
+    lam = 0.25
+    out_paper, cls_paper, bb_paper = _spatial_gradients("paper", lam)
+    out_dann, cls_dann, bb_dann = _spatial_gradients("dann", lam)
+    assert out_dann.losses["spt"].item() == pytest.approx(out_paper.losses["spt"].item(), rel=1e-6)
+    # the classifiers: the paper's gradient is λ2 times DANN's (unscaled) one
+    torch.testing.assert_close(cls_paper, lam * cls_dann, rtol=1e-4, atol=1e-7)
+    # the backbone's L_spt gradient (total minus L_seg's) is the same -λ2·∇ in both forms
+    torch.testing.assert_close(bb_dann, bb_paper, rtol=1e-4, atol=1e-7)
+    assert bb_dann.abs().max() > 0
+    # and it is reversed: -λ2 times the gradient that would lower the domain loss
+    obj = make_objective("spt", adversarial_form="dann", lambda_spt=lam).train()
+    obj.grl.coeff = -1.0  # no reversal, unit weight: the plain gradient of L_spt w.r.t. the features
+    out = obj(make_batch())
+    out.loss.backward()
+    seg_only = make_objective("nonadapt", student_sees_target=True).train()  # same batch statistics
+    seg_only(make_batch()).loss.backward()
+    plain = obj.student.backbone.layer4[0].weight.grad - seg_only.student.backbone.layer4[0].weight.grad
+    torch.testing.assert_close(bb_dann, -lam * plain, rtol=1e-4, atol=1e-7)
 
 
 def test_mode_needing_a_teacher_without_one_is_a_value_error():

@@ -25,7 +25,9 @@ oracle          --                     -- (the engine feeds target labels)
 
 A term whose weight is 0 is not computed either (no teacher forward, no classifiers), and
 when no term needs the target crops the student sees the source crops only, so ``nonadapt``
-is a true source-only baseline.
+is a true source-only baseline — unless ``road.student_sees_target`` asks for the BatchNorm
+control (target crops forwarded, no loss on them). ``road.adversarial_form`` chooses how λ2
+enters L_spt's gradients (the paper's Eq. 5, or DANN's reversal coefficient).
 """
 
 from __future__ import annotations
@@ -99,15 +101,19 @@ class ROADObjective(nn.Module):
         if self.teacher is not None:
             self.teacher.requires_grad_(False)
             self.teacher.eval()
-        self.grl = GradientReversal(cfg.grl_coeff)
+        # Paper form: L_spt scaled by λ2 in Eq. 5, reversal by grl_coeff. DANN form: L_spt unscaled
+        # (the classifiers' gradient), reversal by λ2·grl_coeff (the backbone's: the same as the paper's).
+        dann = cfg.adversarial_form == "dann"
+        self.spt_weight = 1.0 if dann else cfg.lambda_spt
+        self.grl = GradientReversal(cfg.grl_coeff * (cfg.lambda_spt if dann else 1.0))
         self.domain_classifiers: RegionDomainClassifiers | None = (
             RegionDomainClassifiers(feature_channels, self.num_regions, cfg.classifier_hidden) if self.spt_on else None
         )
 
     @property
     def uses_target(self) -> bool:
-        """Whether the student sees the target crops (some term needs them)."""
-        return self.spt_on or self.dist_domain == "target"
+        """Whether the student sees the target crops (a term needs them, or the BatchNorm control)."""
+        return self.spt_on or self.dist_domain == "target" or self.cfg.student_sees_target
 
     def train(self, mode: bool = True) -> ROADObjective:
         super().train(mode)
@@ -141,7 +147,7 @@ class ROADObjective(nn.Module):
 
         if self.spt_on:
             spt, domain_acc = self._spatial_loss(features["out"], batch["source_box"], batch["target_box"], bs)
-            loss = loss + self.cfg.lambda_spt * spt
+            loss = loss + self.spt_weight * spt
 
         return StepOutput(
             loss=loss,
