@@ -1,12 +1,13 @@
 """Micro-benchmark of the label-free validators' cost (issue #16: ≤ 10% of an evaluation's time).
 
 ``python -m road_ray.engine.validators_bench [--smoke]`` prints, as JSON, medians over
-``repeats`` rounds of: the accumulator's ms per image (``update_target`` + ``update_source``
-on one ``[1, K, H, W]`` logits map with ``C``-channel stride-8 features), its ``compute()``
-ms once per evaluation at ``images`` images per stream, MixVal's ms per pair (one mixed forward
-pass + the agreement), and the student's own forward ms at the same size for comparison
-(the small DeepLab-v2 of ``ModelConfig()`` with random weights). Timings on a loaded machine
-are rough: read the ratios to the forward pass, not the absolute figures. Not a test.
+``repeats`` rounds of: the accumulator's ms per kept image (``update_target`` +
+``update_source`` on one ``[1, K, H, W]`` logits map with ``C``-channel stride-8 features, over
+``max_images`` images: later ones are no-ops), its ``compute()`` ms once per evaluation, with
+ROAD-style domain probabilities and with the fallback classifier, MixVal's ms per mix (one
+mixed forward pass + the agreement), and the student's own forward ms at the same size for
+comparison (the small DeepLab-v2 of ``ModelConfig()`` with random weights). Timings on a
+loaded machine are rough: read the ratios to the forward pass. Not a test.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def measure(
     width: int = 256,
     classes: int = 19,
     channels: int = 64,
-    images: int = 64,
+    images: int | None = None,
     pairs: int = 4,
     repeats: int = 5,
     settings: ValidatorSettings | None = None,
@@ -47,6 +48,8 @@ def measure(
     from road_ray.models.segmenter import build_segmenter
 
     settings = settings or ValidatorSettings()
+    # past max_images an update is a no-op, which would flatter the per-image figure
+    images = min(images or settings.max_images, settings.max_images)
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(1, classes, height, width, generator=g)
     feats = torch.randn(1, channels, -(-height // 8), -(-width // 8), generator=g)
@@ -63,7 +66,6 @@ def measure(
         acc.update_target(logits, feats, images=image, index=i)
         acc.update_source(logits, label, feats, domain_prob=domain, index=i)
 
-    # fill the streams first: past max_images an update is (nearly) free, which would flatter it
     per_image = []
     for _ in range(repeats):
         acc.reset()
