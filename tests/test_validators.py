@@ -218,9 +218,24 @@ def test_merge_keeps_the_caps():
     logits, feats, label = _images(4)
     a, b = LabelFreeValidators(s), LabelFreeValidators(s)
     a.update_target(logits[:2], index=0)
-    b.update_target(logits[2:], index=2)
+    b.update_target(logits[2:], index=2)  # index 3 is past max_images: not kept
     a.merge(b)
     assert a.stored_pixels["target"] == 3 * 8 and a.images_seen["target"] == 4
+
+
+def test_ranks_merged_equal_one_process():
+    s = ValidatorSettings(pixels_per_image=16, max_images=4, mixval_images=2)
+    logits, feats, label = _images(6)
+    whole = LabelFreeValidators(s)
+    ranks = [LabelFreeValidators(s), LabelFreeValidators(s)]
+    for i in range(6):  # evaluate()'s split: image i on rank i % 2
+        for acc in (whole, ranks[i % 2]):
+            acc.update_target(logits[i : i + 1], feats[i : i + 1], images=logits[i : i + 1, :3], index=i)
+            acc.update_source(logits[i : i + 1], label[i : i + 1], feats[i : i + 1], index=i)
+    ranks[0].merge(ranks[1])
+    model = lambda x: torch.cat([x, x[:, :2]], dim=1)  # noqa: E731  5 "classes" from the 3 channels
+    assert ranks[0].compute(model) == whole.compute(model)
+    assert ranks[0].index == {"target": [0, 1, 2, 3], "source": [0, 1, 2, 3], "mix": [0, 1]}
 
 
 # -- MixVal ---------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ the feature-map cell that contains it (``i = ⌊y·h/H⌋``, ``j = ⌊x·w/W⌋`
 ``feature_dim`` channels by a fixed seeded Gaussian matrix when wider (Johnson-Lindenstrauss:
 cosines and linear separability are kept approximately). On source-val images the pixels are
 drawn among the labelled ones (from ``4 × pixels_per_image`` candidates; an image with fewer
-labelled pixels contributes fewer). After ``max_images`` images per stream further updates are
-ignored, so memory is at most ``max_images · pixels_per_image · (K + feature_dim + 2)`` floats
+labelled pixels contributes fewer). Only the first ``max_images`` images of a stream (by index:
+the count so far, or the split position the caller gives) are kept, so memory is at most ``max_images · pixels_per_image · (K + feature_dim + 2)`` floats
 per stream, whatever the split's size. No per-image host sync (the samples stay on the device).
 """
 
@@ -81,6 +81,8 @@ class LabelFreeValidators:
         self.source: dict[str, list[Tensor]] = {"loss": [], "valid": [], "features": [], "domain_prob": []}
         self.mix_images: list[Tensor] = []
         self.mix_labels: list[Tensor] = []
+        # each kept image's index, so that merged ranks give the single-process order back
+        self.index: dict[str, list[int]] = {"target": [], "source": [], "mix": []}
         self.images_seen = {"target": 0, "source": 0}
         self.images_kept = {"target": 0, "source": 0}
 
@@ -92,20 +94,23 @@ class LabelFreeValidators:
         (the student's ``features["out"]``), ``images`` ``[B, 3, H, W]`` (normalised; kept for MixVal).
 
         ``index``: the first image's position in the split (default: the count so far); give it
-        when ranks share a split, so that every image gets the same pixels on any rank.
+        when ranks share a split: the images kept are those of index ``< max_images``, with the
+        same pixels on any rank, and :meth:`merge` restores the single-process result.
         """
         s = self.settings
         for b in range(logits.shape[0]):
             i = self.images_seen["target"] if index is None else index + b
             self.images_seen["target"] += 1
-            if self.images_kept["target"] >= s.max_images:
+            if i >= s.max_images or self.images_kept["target"] >= s.max_images:
                 continue
             self.images_kept["target"] += 1
+            self.index["target"].append(i)
             flat = self._sample(logits.shape[-2:], s.pixels_per_image, 0, i, logits.device)
             self.target["probs"].append(torch.softmax(_at(logits[b], flat).float(), dim=1))
             if features is not None:
                 self.target["features"].append(self._features(features[b], flat, logits.shape[-2:]))
-            if images is not None and len(self.mix_images) < s.mixval_images:
+            if images is not None and i < s.mixval_images and len(self.mix_images) < s.mixval_images:
+                self.index["mix"].append(i)
                 self.mix_images.append(images[b].detach())
                 self.mix_labels.append(logits[b].max(0).indices)  # max().indices: ~3x faster than argmax on CPU
 
@@ -127,9 +132,10 @@ class LabelFreeValidators:
         for b in range(logits.shape[0]):
             i = self.images_seen["source"] if index is None else index + b
             self.images_seen["source"] += 1
-            if self.images_kept["source"] >= s.max_images:
+            if i >= s.max_images or self.images_kept["source"] >= s.max_images:
                 continue
             self.images_kept["source"] += 1
+            self.index["source"].append(i)
             candidates = self._sample((h, w), 4 * s.pixels_per_image, 1, i, logits.device)
             lab = label[b].reshape(-1).to(logits.device)[candidates].long()
             invalid = lab == IGNORE_INDEX
@@ -171,17 +177,31 @@ class LabelFreeValidators:
         return f @ self._projections[key]
 
     def merge(self, other: LabelFreeValidators) -> None:
-        """Add ``other``'s samples (another rank's, moved to one process), up to this one's caps."""
-        for mine, theirs, stream in ((self.target, other.target, "target"), (self.source, other.source, "source")):
-            room = self.settings.max_images - self.images_kept[stream]
-            take = max(0, min(room, other.images_kept[stream]))
+        """Add ``other``'s samples (another rank's, moved to one process), up to this one's caps.
+
+        Kept images are put back in index order, so ranks that were given each image's
+        ``index`` merge to exactly what one process over the whole split computes.
+        """
+        for stream, mine, theirs in (("target", self.target, other.target), ("source", self.source, other.source)):
+            take = max(0, min(self.settings.max_images - self.images_kept[stream], other.images_kept[stream]))
             for key in mine:
                 mine[key].extend(theirs[key][:take])
+            self.index[stream].extend(other.index[stream][:take])
             self.images_kept[stream] += take
             self.images_seen[stream] += other.images_seen[stream]
-        room = self.settings.mixval_images - len(self.mix_images)
-        self.mix_images.extend(other.mix_images[:room])
-        self.mix_labels.extend(other.mix_labels[:room])
+            order = sorted(range(len(self.index[stream])), key=self.index[stream].__getitem__)
+            self.index[stream] = [self.index[stream][k] for k in order]
+            for key, chunks in mine.items():
+                if len(chunks) == len(order):  # optional parts (features, domain_prob) only when complete
+                    mine[key] = [chunks[k] for k in order]
+        take = max(0, self.settings.mixval_images - len(self.mix_images))
+        self.mix_images.extend(other.mix_images[:take])
+        self.mix_labels.extend(other.mix_labels[:take])
+        self.index["mix"].extend(other.index["mix"][:take])
+        order = sorted(range(len(self.index["mix"])), key=self.index["mix"].__getitem__)
+        self.index["mix"] = [self.index["mix"][k] for k in order]
+        self.mix_images = [self.mix_images[k] for k in order]
+        self.mix_labels = [self.mix_labels[k] for k in order]
 
     @property
     def stored_pixels(self) -> dict[str, int]:

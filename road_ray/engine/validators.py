@@ -59,7 +59,7 @@ def mean_entropy(probs: Tensor) -> float | None:
     """Mean prediction entropy ``(1/N) Σ_i H(p_i)``. **Lower is better.**
 
     Morerio, Cavazza & Murino, "Minimal-Entropy Correlation Alignment for Unsupervised Deep
-    Domain Adaptation" (ICLR 2018), Sec. 3.2: the target entropy as a validation criterion;
+    Domain Adaptation" (ICLR 2018): the target entropy as a validation criterion;
     Musgrave et al. (2022) "Entropy". The existing evaluation's ``entropy`` is this on all
     target-val pixels. ``0`` for one-hot rows, ``log K`` for uniform ones. It rewards
     confident predictions whatever they are, including a collapse onto one class.
@@ -73,7 +73,7 @@ def information_maximization(probs: Tensor) -> float | None:
 
     The mutual information between input and predicted class, estimated on the samples:
     Shi & Sha, "Information-Theoretical Learning of Discriminative Clusters for Unsupervised
-    Domain Adaptation" (ICML 2012), Eq. 5; used as a validator by Musgrave et al. (2022),
+    Domain Adaptation" (ICML 2012); used as a validator by Musgrave et al. (2022),
     "IM". The first term (diversity) penalises the collapse that entropy alone rewards.
     Uniform rows: ``0``; one class everywhere: ``0``; one-hot rows balanced over the ``K``
     classes: ``log K`` (the maximum).
@@ -89,9 +89,9 @@ def batch_nuclear_norm(probs: Tensor) -> float | None:
     """Batch nuclear norm ``‖A‖_* / sqrt(N · min(N, K))`` of the prediction matrix ``A`` ``[N, K]``. **Higher is better.**
 
     Cui et al., "Towards Discriminability and Diversity: Batch Nuclear-norm Maximization
-    under Label Insufficient Situations" (CVPR 2020), Eq. 7-8 (their loss is ``−‖A‖_*/N``).
+    under Label Insufficient Situations" (CVPR 2020); their loss is ``−‖A‖_*/N``.
     Scale: they bound ``‖A‖_* ≤ sqrt(min(N, K)) ‖A‖_F`` and ``‖A‖_F ≤ sqrt(N)`` for rows that
-    sum to one (Sec. 3.2), so dividing by ``sqrt(N · min(N, K))`` puts the value in ``(0, 1]``
+    sum to one, so dividing by ``sqrt(N · min(N, K))`` puts the value in ``(0, 1]``
     at any ``N``: ``1`` for one-hot rows balanced over the classes (``N`` a multiple of ``K``),
     ``1/sqrt(min(N, K))`` for one class everywhere, ``1/sqrt(K · min(N, K))`` for uniform rows.
 
@@ -110,7 +110,7 @@ def soft_neighborhood_density(x: Tensor, temperature: float = 0.05, chunk: int =
     """Soft neighbourhood density (SND). **Higher is better.**
 
     Saito et al., "Tune it the Right Way: Unsupervised Validation of Domain Adaptation via
-    Soft Neighborhood Density" (ICCV 2021), Eq. 1-3: L2-normalise the samples ``x`` ``[N, D]``
+    Soft Neighborhood Density" (ICCV 2021): L2-normalise the samples ``x`` ``[N, D]``
     (softmax outputs in the paper; features work too), similarities ``M_ij = x̂_i · x̂_j``
     without the diagonal (``i ≠ j``), ``P_i = softmax_j(M_ij / τ)``, and
     ``SND = (1/N) Σ_i H(P_i)``: high when every sample has many close neighbours (dense
@@ -145,8 +145,8 @@ def importance_weights(target_prob: Tensor, prior_ratio: float = 1.0, eps: float
 
     ``d(x) = P(target | x)`` (float tensor, any shape) from a classifier trained on ``n_s``
     source and ``n_t`` target samples; Bayes' rule gives the ratio of the densities, and
-    ``prior_ratio = n_s / n_t`` removes the classes' prior (You et al., ICML 2019, Sec. 4.2,
-    "discriminative density ratio estimation"). For ROAD's region classifiers (Eq. 3) every
+    ``prior_ratio = n_s / n_t`` removes the classes' prior (You et al., ICML 2019,
+    discriminative density ratio estimation). For ROAD's region classifiers (Eq. 3) every
     step had ``data.batch_source`` source and ``data.batch_target`` target crops of one size,
     so ``prior_ratio = batch_source / batch_target``. ``d`` is clamped to
     ``[eps, 1 − eps]`` so that a saturated classifier gives a large, finite weight.
@@ -159,7 +159,7 @@ def controlled_weighted_risk(losses: Tensor, weights: Tensor, control_variate: b
     """DEV's risk from per-sample source-val losses ``ℓ_j`` and density ratios ``w_j``. **Lower is better.**
 
     You, Wang, Long & Jordan, "Towards Accurate Model Selection in Deep Unsupervised Domain
-    Adaptation" (ICML 2019), Algorithm 1 / Eq. 9: ``L_j = w_j ℓ_j``,
+    Adaptation" (ICML 2019), Algorithm 1: ``L_j = w_j ℓ_j``,
     ``η = −Cov(L, w) / Var(w)`` (unbiased sample moments),
     ``R_DEV = mean(L) + η · mean(w) − η``. ``E[w] = 1`` under the source distribution, so the
     control variate ``η (mean(w) − 1)`` keeps the estimate unbiased while cancelling the part
@@ -255,7 +255,7 @@ def cross_fitted_domain_probs(
     (:func:`fit_logistic`; label 1 = target) is fitted with 2-fold *cross-fitting*: the samples
     are split by the parity of their index, the model fitted on one half scores the source
     samples of the other half, so no sample is weighted by a classifier that saw it (DEV
-    fits its classifier on other data than the validation set, You et al. 2019, Sec. 4.2).
+    fits its classifier on other data than the validation set, You et al. 2019).
     Returns ``(P(target | x_j) for every source sample [N_s], prior_ratio n_s/n_t)`` (the
     training halves' ratio), or ``None`` with fewer than 2 samples per domain and fold.
     A linear classifier recovers the exact ratio when the log density ratio is linear in
