@@ -163,6 +163,31 @@ class ROADConfig:
 
 
 @dataclass
+class ValidatorConfig:
+    """The label-free validators computed at every evaluation (``docs/validators.md``).
+
+    They see target-*train* images (never target-val, whose labels are the oracle's) and the
+    source-val images, a fixed sample of pixels per image, so their cost stays a small share
+    of an evaluation whatever the image size.
+    """
+
+    enabled: bool = True
+    # Target-train images cost one extra forward pass each (source-val ones are evaluated
+    # anyway): few images, many pixels each. 16 + 4 MixVal mixes are ~6-8% of MiniCity's
+    # 250-image evaluation (100 source-val + 150 target-val).
+    max_images: int = 16  # per stream (target-train, source-val)
+    pixels_per_image: int = 512
+    feature_dim: int = 64  # features wider than this are randomly projected to it
+    snd_max_samples: int = 2048  # SND's N×N similarities: an evenly strided subset of the target samples
+    snd_temperature: float = 0.05  # Saito et al. 2021
+    snd_input: Literal["probs", "features"] = "probs"
+    dev_ridge: float = 1e-2  # the fallback logistic domain classifier's L2 penalty
+    mixval_images: int = 4  # target images kept for MixVal (one mixed forward pass each)
+    mixval_ratio: float = 0.55  # Hu et al. 2023: the dominant image's weight
+    seed: int = 0
+
+
+@dataclass
 class OptimConfig:
     """SGD as in the paper (Sec. 4.1): lr 2.5e-4, momentum 0.9, wd 5e-4, poly 0.9, head ×10."""
 
@@ -198,6 +223,7 @@ class Config:
     road: ROADConfig = field(default_factory=ROADConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    validators: ValidatorConfig = field(default_factory=ValidatorConfig)
 
     def validate(self) -> Config:
         """Cross-field checks; raises ConfigError naming the key."""

@@ -176,6 +176,43 @@ def test_loop_loss_falls_reports_and_resumes(tmp_path):
     assert [r["iter"] for r in rec2.reports] == [12, 18]
 
 
+@pytest.mark.parametrize("mode", ["road", "nonadapt"])
+def test_every_evaluation_reports_the_label_free_validators(tmp_path, mode):
+    from road_ray.engine.validators import VALIDATORS
+
+    def images(seed):
+        it = synthetic_batches(32, 1, seed=seed)
+        for _ in range(3):
+            b = next(it)
+            yield {"image": b["source_image"], "label": b["source_label"], "id": ["x"]}
+
+    def unlabelled(seed):
+        for batch in images(seed):
+            yield {"image": batch["image"], "id": batch["id"]}
+
+    seen = []
+
+    def val_batches(name):
+        seen.append(name)
+        return {
+            "target_val": lambda: images(1),
+            "source_val": lambda: images(2),
+            "target_train": lambda: unlabelled(3),
+        }[name]()
+
+    cfg = tiny_config(**{"road.mode": mode, "validators.max_images": 2, "validators.mixval_images": 2})
+    rec = Recorder(tmp_path)
+    train_loop(cfg, synthetic_batches(), val_batches, LoopHooks(report=rec, log=lambda s: None))
+    assert seen == ["target_val", "source_val", "target_train"] * 2
+    last = rec.reports[-1]
+    for name in VALIDATORS:
+        assert name in last, name
+    # computed on what they are given: every one has a value here (DEV from ROAD's own domain
+    # classifiers in road mode, from its own logistic classifier in nonadapt mode)
+    assert all(last[k] is not None for k in ("val/entropy", "val/im", "val/bnm", "val/snd", "val/dev", "val/mixval"))
+    assert 0 < last["val/bnm"] <= 1 and last["val/entropy"] > 0
+
+
 def test_seg_loss_falls_over_training(tmp_path):
     cfg = tiny_config(**{"optim.max_iters": 30, "run.eval_every": 30, "run.log_every": 1, "road.mode": "nonadapt"})
     seen = []

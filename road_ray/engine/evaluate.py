@@ -20,6 +20,9 @@ from road_ray.engine.inference import predict_slide, predict_whole
 from road_ray.engine.metrics import ConfusionMatrix, segmentation_scores
 from road_ray.labels import NUM_CLASSES, LabelSpace
 
+# observe(batch, image on the device, logits [B, K, H, W], features["out"] or None, index in the split)
+Observer = Callable[[dict[str, Any], torch.Tensor, torch.Tensor, torch.Tensor | None, int], None]
+
 
 @dataclass
 class EvalSettings:
@@ -50,13 +53,16 @@ def evaluate(
     world_size: int = 1,
     all_reduce: Callable[[torch.Tensor], None] | None = None,
     on_prediction: Callable[[str, np.ndarray, np.ndarray | None], None] | None = None,
+    observe: Observer | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on every image of ``batches`` exactly once across ``world_size`` ranks.
 
     Each rank takes images ``rank, rank + world_size, ...``; the confusion matrices and the
     entropy sums are then summed with ``all_reduce``. Returns the scores of
     ``segmentation_scores`` (``miou`` None when the split has no labels) plus ``entropy``
-    and ``images``.
+    and ``images``. ``observe(batch, image, logits, features, index)`` sees every scored batch
+    (the label-free validators feed on it); ``features`` is the student's ``features["out"]`` of
+    the whole image, None with sliding windows (a window's features are not the image's).
     """
     was_training = model.training
     model.eval()
@@ -67,7 +73,7 @@ def evaluate(
         if settings.max_images and index >= settings.max_images:
             break
         if index % world_size == rank:
-            _score_batch(model, batch, index, settings, device, cm, totals, on_prediction)
+            _score_batch(model, batch, index, settings, device, cm, totals, on_prediction, observe)
     if all_reduce is not None and world_size > 1:
         cm.all_reduce(all_reduce)
         all_reduce(totals)
@@ -83,12 +89,22 @@ def evaluate(
     return scores
 
 
-def _score_batch(model, batch, index, settings, device, cm, totals, on_prediction) -> None:
+def _score_batch(model, batch, index, settings, device, cm, totals, on_prediction, observe) -> None:
     """Predict one validation batch; add to the confusion matrix and the entropy sums (on the device)."""
     image = batch["image"].to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=settings.autocast_dtype, enabled=settings.autocast_dtype is not None):
-        logits = predict(model, image, settings)
+    tapped: dict[str, torch.Tensor] = {}
+    hook = None
+    if observe is not None and settings.mode == "whole":  # one forward pass: its features are the image's
+        hook = model.register_forward_hook(lambda _m, _i, out: tapped.update(out=out[1]["out"]))
+    try:
+        with torch.autocast(device.type, dtype=settings.autocast_dtype, enabled=settings.autocast_dtype is not None):
+            logits = predict(model, image, settings)
+    finally:
+        if hook is not None:
+            hook.remove()
     logits = logits.float()
+    if observe is not None:
+        observe(batch, image, logits, tapped.get("out"), index)
     prob = torch.softmax(logits, dim=1)
     entropy = -(prob * torch.log(prob.clamp_min(1e-12))).sum(1)
     pred = logits.argmax(1)

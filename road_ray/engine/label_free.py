@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from road_ray.config import ValidatorConfig
 from road_ray.data.boxes import whole_image_box
 from road_ray.engine import validators as V
 from road_ray.labels import IGNORE_INDEX
@@ -37,22 +38,25 @@ from road_ray.labels import IGNORE_INDEX
 
 @dataclass(frozen=True)
 class ValidatorSettings:
-    """Sizes and constants of the label-free validators (candidate for ``config.py``)."""
+    """The accumulator's sizes: the ``validators.*`` config keys (:class:`road_ray.config.ValidatorConfig`,
+    where the defaults live), plus DEV's prior ratio, which comes from the run's batch sizes."""
 
-    # Target-train images cost one extra forward pass each (source-val ones are evaluated
-    # anyway): few images, many pixels each. 16 + 4 MixVal mixes are ~8% of MiniCity's
-    # 250-image evaluation (100 source-val + 150 target-val).
-    pixels_per_image: int = 512
-    max_images: int = 16  # per stream (target-train, source-val)
-    feature_dim: int = 64  # features wider than this are randomly projected to it
-    snd_max_samples: int = 2048  # SND's N×N similarities: an evenly strided subset of the target samples
-    snd_temperature: float = 0.05  # Saito et al. 2021
-    snd_input: str = "probs"  # "probs" (the paper) or "features"
+    pixels_per_image: int = ValidatorConfig.pixels_per_image
+    max_images: int = ValidatorConfig.max_images
+    feature_dim: int = ValidatorConfig.feature_dim
+    snd_max_samples: int = ValidatorConfig.snd_max_samples
+    snd_temperature: float = ValidatorConfig.snd_temperature
+    snd_input: str = ValidatorConfig.snd_input
     dev_prior_ratio: float = 1.0  # n_s/n_t of the model's domain classifiers: batch_source / batch_target
-    dev_ridge: float = 1e-2  # the fallback logistic classifier's L2 penalty
-    mixval_images: int = 4  # target images kept for MixVal (one mixed forward pass each)
-    mixval_ratio: float = 0.55  # Hu et al. 2023: the dominant image's weight
-    seed: int = 0
+    dev_ridge: float = ValidatorConfig.dev_ridge
+    mixval_images: int = ValidatorConfig.mixval_images
+    mixval_ratio: float = ValidatorConfig.mixval_ratio
+    seed: int = ValidatorConfig.seed
+
+    @classmethod
+    def from_config(cls, cfg: ValidatorConfig, dev_prior_ratio: float = 1.0) -> ValidatorSettings:
+        fields = {k: getattr(cfg, k) for k in cls.__dataclass_fields__ if k != "dev_prior_ratio"}
+        return cls(**fields, dev_prior_ratio=dev_prior_ratio)
 
 
 def _generator(seed: int, stream: int, index: int) -> torch.Generator:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from road_ray.config import Config
+from road_ray.config import Config, parse_grid
 from road_ray.data.transforms import normalize_tensor
 from road_ray.engine.checkpoint import (
     load_checkpoint,
@@ -27,7 +27,8 @@ from road_ray.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from road_ray.engine.evaluate import EvalSettings, evaluate
+from road_ray.engine.evaluate import EvalSettings, Observer, evaluate, predict
+from road_ray.engine.label_free import LabelFreeValidators, ValidatorSettings, region_domain_probs
 from road_ray.engine.optim import build_optimizer, set_learning_rate
 from road_ray.engine.progress import ProgressLog, Timeline, TrainingDiverged, eval_line
 from road_ray.labels import get_label_space
@@ -130,10 +131,16 @@ def _resume(run: _Run, hooks: LoopHooks) -> None:
 
 
 class _Evaluator:
-    """The evaluation of a run: target-val (the oracle) and source-val, the same settings each time."""
+    """A run's evaluation: target-val (the oracle), source-val, and the label-free validators.
+
+    The validators (``docs/validators.md``) see the first ``validators.max_images`` images of
+    the unlabelled target-*train* split (``"target_train"``; never target-val) and of source-val.
+    With several workers each rank computes them on its own share of those images and rank 0's
+    values are reported.
+    """
 
     def __init__(self, cfg: Config, run: _Run, val_batches, hooks: LoopHooks) -> None:
-        self.run, self.val_batches, self.hooks = run, val_batches, hooks
+        self.cfg, self.run, self.val_batches, self.hooks = cfg, run, val_batches, hooks
         self.label_space = get_label_space(cfg.data.label_space)
         self.settings = EvalSettings(
             mode=cfg.data.eval_mode,
@@ -142,8 +149,10 @@ class _Evaluator:
             max_images=cfg.data.max_val_images,
             autocast_dtype=run.amp_dtype,
         )
+        prior = cfg.data.batch_source / cfg.data.batch_target  # the domain classifiers' n_s / n_t
+        self.validator_settings = ValidatorSettings.from_config(cfg.validators, dev_prior_ratio=prior)
 
-    def split(self, name: str) -> dict[str, Any] | None:
+    def split(self, name: str, observe: Observer | None = None, max_images: int | None = None) -> dict | None:
         """Scores of one split, or None when it is not configured."""
         if self.val_batches is None:
             return None
@@ -152,29 +161,56 @@ class _Evaluator:
         except KeyError:
             return None
         h = self.hooks
+        settings = self.settings if max_images is None else replace(self.settings, max_images=max_images)
         return evaluate(
             self.run.student,
             batches,
             self.label_space,
-            self.settings,
+            settings,
             h.device,
             rank=h.rank,
             world_size=h.world_size,
             all_reduce=h.all_reduce,
+            observe=observe,
         )
 
     def __call__(self) -> dict[str, Any]:
         """The evaluation metrics of a report: ``miou`` (None without target-val), per-class IoU,
-        the label-free ``target_entropy`` and ``source_val_miou``."""
+        ``target_entropy`` (on target-val), ``source_val_miou`` and every ``val/*`` validator."""
         out: dict[str, Any] = {"miou": None, "target_entropy": None}
         target = self.split("target_val")
         if target is not None:
             out.update({"miou": target["miou"], "target_entropy": target["entropy"]})
             out.update({f"iou/{name}": v for name, v in target["iou"].items()})
             out.update({k: target[k] for k in ("miou16", "miou13") if k in target})
-        source = self.split("source_val")
+        validators = LabelFreeValidators(self.validator_settings) if self.cfg.validators.enabled else None
+        source = self.split("source_val", observe=validators and self._source_observer(validators))
         out["source_val_miou"] = source["miou"] if source is not None else None
+        if validators is not None:
+            n = self.cfg.validators.max_images
+            self.split("target_train", observe=self._target_observer(validators), max_images=n)
+            out.update(validators.compute(model=lambda x: predict(self.run.student, x, self.settings)))
         return out
+
+    def _source_observer(self, validators: LabelFreeValidators) -> Observer:
+        classifiers = self.run.objective.domain_classifiers
+        classifiers = getattr(classifiers, "module", classifiers)  # DDP keeps the module in .module
+        grid = parse_grid(self.cfg.road.grid)
+
+        def observe(batch, image, logits, features, index):
+            # ROAD's own domain classifiers give DEV its density ratio; without them (e.g. nonadapt)
+            # the validator fits its own on the features.
+            domain = region_domain_probs(classifiers, features, grid) if classifiers is not None and features is not None else None
+            validators.update_source(logits, batch["label"], features, domain_prob=domain, index=index)
+
+        return observe
+
+    @staticmethod
+    def _target_observer(validators: LabelFreeValidators) -> Observer:
+        def observe(batch, image, logits, features, index):
+            validators.update_target(logits, features, images=image, index=index)
+
+        return observe
 
 
 def _checkpoint_and_report(cfg: Config, run: _Run, metrics: dict[str, Any], hooks: LoopHooks) -> None:
