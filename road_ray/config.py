@@ -207,7 +207,7 @@ class RunConfig:
     num_workers: int = 1
     use_gpu: bool | None = None  # None: use a GPU when one is present
     cpus_per_worker: float = 1.0
-    precision: Precision = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    precision: Precision = "auto"  # auto: bf16 on GPU and on CPUs with native bf16, else fp32 (engine/precision.py)
     eval_every: int = 100
     log_every: int = 10
     seed: int = 0

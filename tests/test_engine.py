@@ -291,3 +291,16 @@ def test_a_checkpoint_uri_is_fetched_before_loading(tmp_path):
     assert local != ckpt and (local / "checkpoint.pt").read_bytes() == b"weights" and (local / "meta.json").is_file()
     with pytest.raises(FileNotFoundError, match="no such folder"):
         local_checkpoint(f"file://{tmp_path}/missing")
+
+
+def test_precision_auto_is_bf16_on_gpus_and_native_bf16_cpus(monkeypatch):
+    from road_ray.engine import precision
+
+    assert precision.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert precision.resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    for native in (True, False):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        assert precision.resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+        assert precision.autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="expected auto, fp32 or bf16"):
+        precision.resolve_precision("fp16", torch.device("cpu"))

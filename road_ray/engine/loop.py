@@ -20,6 +20,7 @@ from torch import nn
 
 from road_ray.config import Config, parse_grid
 from road_ray.data.transforms import normalize_tensor
+from road_ray.engine import precision
 from road_ray.engine.checkpoint import (
     load_checkpoint,
     load_student_state,
@@ -53,10 +54,8 @@ class LoopHooks:
 
 
 def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPU (it needs no grad scaler, unlike fp16), fp32 on CPU unless asked otherwise."""
-    if cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    """The run's autocast dtype (``road_ray/engine/precision.py``: bf16 on GPUs and native-bf16 CPUs)."""
+    return precision.autocast_dtype(cfg.run.precision, device)
 
 
 def build_objective(cfg: Config, device: torch.device) -> ROADObjective:
@@ -200,7 +199,11 @@ class _Evaluator:
         def observe(batch, image, logits, features, index):
             # ROAD's own domain classifiers give DEV its density ratio; without them (e.g. nonadapt)
             # the validator fits its own on the features.
-            domain = region_domain_probs(classifiers, features, grid) if classifiers is not None and features is not None else None
+            domain = (
+                region_domain_probs(classifiers, features, grid)
+                if classifiers is not None and features is not None
+                else None
+            )
             validators.update_source(logits, batch["label"], features, domain_prob=domain, index=index)
 
         return observe
