@@ -12,12 +12,14 @@ A run is named deterministically, so restarting with the same storage and name r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +291,19 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def ray_instance(**init_options: Any) -> Iterator[None]:
+    """:func:`init_ray` for the ``with`` block; stops Ray afterwards only if this call started it
+    (a bench run inside a test session or a notebook leaves their instance alone)."""
+    started = not ray.is_initialized()
+    init_ray(**init_options)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def run_training(
