@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from road_ray.bench.common import (
     timed,
 )
 from road_ray.config import DataConfig
+
+if TYPE_CHECKING:
+    from road_ray.bench.step_setup import StepSetup
 
 OPTIONS = ("network", "crop", "batch", "precision", "device", "workers", "steps", "repeats", "warmup", "smoke", "seed")
 DEFAULTS: dict[str, Any] = {
@@ -155,7 +158,7 @@ def _measure_rounds(
     paths: dict[str, str],
     in_memory: dict[str, dict[str, np.ndarray]],
     data_cfg: DataConfig,
-    setup: Any,
+    setup: StepSetup,
     *,
     workers: int,
     steps: int,
