@@ -255,7 +255,7 @@ def test_clear_errors(ray_session, shards, cfg, tmp_path):
 
 
 def test_compare_with_dataloader_runs(ray_session, shards, cfg):
-    from road_ray.on_ray.data import compare_with_dataloader
+    from road_ray.on_ray.bench_data import compare_with_dataloader
 
     result = compare_with_dataloader(shards["source"], cfg, num_workers=1, steps=3)
     assert result["ray_data"]["crops_per_s"] > 0 and result["dataloader"]["crops_per_s"] > 0

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,12 +42,61 @@ def test_two_workers_loss_falls(ray_session, road_ray_home, tmp_path):
     assert load_checkpoint(summary["checkpoint"])["iteration"] == 12
 
 
+def worker_dying_once(loop_config: dict, *, after_iter: int, marker: str) -> None:
+    """``train_worker``, except that rank 0 dies hard (``os._exit``: no cleanup, like a lost node)
+    right after it reported iteration ``after_iter``, once: the ``marker`` file remembers that
+    it happened, so the restarted worker group runs plain ``train_worker``.
+
+    It wraps the loop's ``LoopHooks.report`` by swapping ``train_loop`` in the worker process
+    only; the production worker carries no fault injection.
+    """
+    from unittest import mock
+
+    from road_ray.on_ray import train as on_ray_train
+
+    real_train_loop = on_ray_train.train_loop
+
+    def train_loop(cfg, train_batches, val_batches, hooks):
+        report = hooks.report
+
+        def report_then_die(metrics, checkpoint_dir):
+            report(metrics, checkpoint_dir)
+            if hooks.rank == 0 and metrics["iter"] >= after_iter and not os.path.exists(marker):
+                Path(marker).write_text(f"died after reporting iteration {metrics['iter']}")
+                os._exit(1)
+
+        return real_train_loop(cfg, train_batches, val_batches, dataclasses.replace(hooks, report=report_then_die))
+
+    with mock.patch.object(on_ray_train, "train_loop", train_loop):
+        on_ray_train.train_worker(loop_config)
+
+
+def run_with_worker(cfg: Config, storage: str, name: str, worker) -> dict:
+    """``run_training``, with another per-worker function (the seam ``build_trainer(worker=)``)."""
+    import ray.cloudpickle
+
+    from road_ray.engine.resolve import resolve_config
+    from road_ray.on_ray.train import build_trainer, run_outcome
+
+    # Ray workers cannot import this test module: ship its functions by value.
+    module = sys.modules[__name__]
+    ray.cloudpickle.register_pickle_by_value(module)
+    try:
+        trainer = build_trainer(resolve_config(cfg, log=lambda s: None), storage=storage, name=name, worker=worker)
+        return run_outcome(trainer.fit(), storage, name)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(module)
+
+
 def test_restart_resumes_and_worker_fault_is_survived(ray_session, road_ray_home, tmp_path):
     from road_ray.on_ray.train import run_training
 
-    # A worker dies hard after iteration 3; FailureConfig restarts it from checkpoint 3.
+    # A worker dies hard after iteration 3; FailureConfig restarts the group from checkpoint 3.
     cfg = smoke_config(**{"optim.max_iters": 6, "run.eval_every": 3, "run.max_failures": 1})
-    summary = run_training(cfg, storage=str(tmp_path), name="resume", log=lambda s: None, inject_fault_at=3)
+    marker = tmp_path / "fault-injected"
+    worker = functools.partial(worker_dying_once, after_iter=3, marker=str(marker))
+    summary = run_with_worker(cfg, str(tmp_path), "resume", worker)
+    assert marker.read_text() == "died after reporting iteration 3"  # the fault did happen
     assert summary["iter"] == 6
     # The same storage + name with a longer schedule resumes at 6, not from zero.
     cfg_longer = smoke_config(**{"optim.max_iters": 9, "run.eval_every": 3})

@@ -1,4 +1,4 @@
-"""``road-ray bench {step|data|eval}``: speed as ratios measured side by side in one run (DESIGN §6)."""
+"""``road-ray bench {step|data|eval}``: speed as ratios measured side by side in one run."""
 
 from road_ray.bench.common import run_bench
 

@@ -1,13 +1,15 @@
 """What the three ``road-ray bench`` commands share: dispatch, machine facts, timing, output.
 
-Speed is reported as ratios of variants measured side by side in one run (DESIGN §6): every
+Speed is reported as ratios of variants measured side by side in one run: every
 measured variant runs once per *round*, in an order rotated from round to round, and a ratio
 is the median over the rounds of the per-round ratio. Machines here are shared and loaded, so
 an absolute time says little; a ratio of two things timed a second apart says a lot. The load
 average is recorded at every phase so a reader can judge how busy the machine was.
 
-No Ray here: ``import road_ray.bench`` must stay Ray-free (only ``bench/data.py`` and the
-Ray part of ``bench/step.py`` import it, inside functions).
+No Ray in ``road_ray/bench/``: importing any of its modules loads no Ray (tests/test_imports.py).
+The parts that run on Ray live in ``road_ray/on_ray/bench_step.py`` (the step in a TorchTrainer)
+and ``road_ray/on_ray/bench_data.py`` (Ray Data vs a DataLoader); ``bench step`` and
+``bench data`` import them inside the function that runs them.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"``: bf16 on GPU, fp32 on CPU (DESIGN §3)."""
+    """``"auto"``: bf16 on GPU, fp32 on CPU (as the training loop's ``autocast_dtype``)."""
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"--precision {precision!r}: expected auto, fp32 or bf16")
     if precision == "auto":

@@ -3,7 +3,7 @@
 On the MiniCity source-train shards (``ensure_minicity``; size "default", "small" with
 ``smoke``), every round measures, in a rotated order:
 
-- ``png``: :func:`road_ray.on_ray.data.compare_with_dataloader` on the shards as prepared (PNG):
+- ``png``: :func:`road_ray.on_ray.bench_data.compare_with_dataloader` on the shards as prepared (PNG):
   crops/s of the Ray Data stream vs a PyTorch ``DataLoader`` with the same number of CPU
   workers, the same transform and batch size, over one stream execution of batches by default
   (so each window holds one execution start, which Ray Data pays every epoch);
@@ -12,20 +12,22 @@ On the MiniCity source-train shards (``ensure_minicity``; size "default", "small
 - ``transform``: the transform alone (``CropBatch``: decode, random scale, crop, flip,
   normalize) in this process on rows already in memory, per encoding: the per-core cost
   without any pipeline around it;
-- ``step``: the bare ROAD training step at the same crop size (``bench/step.py``'s setup), whose
+- ``step``: the bare ROAD training step at the same crop size (``bench/step_setup.py``), whose
   crops per second (2 × batch per step) are what the stream has to deliver.
 
 ``stream_over_step`` = Ray Data crops/s (PNG) / the step's crops/s, per round, median; > 1
 means the stream can feed the step (the target is 1.5: headroom for the training process).
+
+This module loads no Ray: the measurement that needs it lives in ``road_ray/on_ray/bench_data.py``
+and is imported inside :func:`bench`.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +42,9 @@ from road_ray.bench.common import (
     timed,
 )
 from road_ray.config import DataConfig
+
+if TYPE_CHECKING:
+    from road_ray.bench.step_setup import StepSetup
 
 OPTIONS = ("network", "crop", "batch", "precision", "device", "workers", "steps", "repeats", "warmup", "smoke", "seed")
 DEFAULTS: dict[str, Any] = {
@@ -101,12 +106,11 @@ def _transform_crops_per_s(rows: dict[str, np.ndarray], cfg: DataConfig, seed: i
 
 def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     """Run the data bench; returns ``{"settings", "figures", "notes"}`` (see the module docstring)."""
-    import ray
-
-    from road_ray.bench.step import StepSetup, bench_config
+    from road_ray.bench.step_setup import StepSetup, bench_config
     from road_ray.engine.resolve import ensure_minicity
-    from road_ray.on_ray.data import compare_with_dataloader, execution_rows
-    from road_ray.on_ray.train import init_ray
+
+    # The Ray side of the comparison, imported only here: `import road_ray.bench.data` loads no Ray.
+    from road_ray.on_ray.bench_data import execution_rows, ray_instance
 
     o = {**DEFAULTS, **(SMOKE if options.get("smoke") else {}), **options}
     workers = int(o["workers"] or len(os.sched_getaffinity(0)))
@@ -116,80 +120,95 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     precision = resolve_precision(o["precision"], device)
     data_cfg = DataConfig(crop_size=o["crop"], batch_source=o["batch"], batch_target=o["batch"])
 
-    minicity = ensure_minicity(o["size"], log=progress)
-    png_path = str(minicity / "source_train")
+    png_path = str(ensure_minicity(o["size"], log=progress) / "source_train")
     # Default: one stream execution of batches per measurement, so every window holds exactly
     # one execution start (Ray Data's per-epoch cost) wherever it falls.
     steps = int(o["steps"] or max(1, execution_rows(png_path, data_cfg) // o["batch"]))
-    tmp = tempfile.mkdtemp(prefix="road-ray-bench-jpeg-")
-    started_ray = not ray.is_initialized()
-    try:
-        jpeg_path = os.path.join(tmp, "source_train")
+    with tempfile.TemporaryDirectory(prefix="road-ray-bench-jpeg-", ignore_cleanup_errors=True) as tmp:
+        paths = {"png": png_path, "jpeg": os.path.join(tmp, "source_train")}
         progress(f"writing a JPEG q{JPEG_QUALITY} copy of {png_path}")
-        sizes = write_jpeg_copy(png_path, jpeg_path)
-        in_memory = {
-            "png": _rows_in_memory(png_path, TRANSFORM_ROWS),
-            "jpeg": _rows_in_memory(jpeg_path, TRANSFORM_ROWS),
-        }
+        sizes = write_jpeg_copy(png_path, paths["jpeg"])
+        in_memory = {kind: _rows_in_memory(path, TRANSFORM_ROWS) for kind, path in paths.items()}
 
         progress(f"building the ROAD step ({o['network']}, crop {o['crop']}, {o['batch']}+{o['batch']}) on {device}")
         setup = StepSetup(bench_config(o["network"], o["crop"], o["batch"], precision, None), device, o["seed"])
         for _ in range(o["warmup"]):
             setup.road_step()
-        init_ray()
-
-        compare = {"png": [], "jpeg": []}
-        transform = {"png": [], "jpeg": []}
-        step_s: list[float] = []
-
-        def measure(kind: str) -> None:
-            if kind == "step":
-                step_s.append(median([timed(setup.road_step, device) for _ in range(3)]))
-                return
-            path = png_path if kind == "png" else jpeg_path
-            compare[kind].append(compare_with_dataloader(path, data_cfg, num_workers=workers, steps=steps))
-            transform[kind].append(_transform_crops_per_s(in_memory[kind], data_cfg, o["seed"]))
-
-        for r in range(o["repeats"]):
-            for kind in rotated(["png", "jpeg", "step"], r):
-                measure(kind)
-            png, jpeg = compare["png"][-1], compare["jpeg"][-1]
-            progress(
-                f"round {r + 1}/{o['repeats']}: crops/s Ray Data / DataLoader: png {png['ray_data']['crops_per_s']:.1f} / "
-                f"{png['dataloader']['crops_per_s']:.1f}, jpeg {jpeg['ray_data']['crops_per_s']:.1f} / "
-                f"{jpeg['dataloader']['crops_per_s']:.1f}; the step consumes {2 * o['batch'] / step_s[-1]:.1f}"
+        with ray_instance():
+            compare, transform, step_s = _measure_rounds(
+                o, paths, in_memory, data_cfg, setup, workers=workers, steps=steps, progress=progress
             )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if started_ray:
-            ray.shutdown()
-
     progress("done")
     step_crops = [2 * o["batch"] / t for t in step_s]
     return {
-        "settings": {
-            "dataset": f"MiniCity {o['size']} source_train",
-            "shards": png_path,
-            "rows": sizes["rows"],
-            "crop": o["crop"],
-            "batch_per_domain": o["batch"],
-            "workers": workers,
-            "steps": steps,
-            "repeats": o["repeats"],
-            "network": o["network"],
-            "device": str(device),
-            "precision": precision,
-            "smoke": bool(o.get("smoke")),
-            "jpeg_quality": JPEG_QUALITY,
-        },
+        "settings": _settings(o, png_path, sizes, workers, steps, device, precision),
         "figures": _figures(compare, transform, step_crops, sizes),
         "compare_with_dataloader": compare,
         "notes": [
-            "ray_data vs dataloader: road_ray.on_ray.data.compare_with_dataloader (same shards, transform, batch size, "
-            "CPU workers; Ray Data capped at `workers` CPUs, one per task); each side first runs one untimed pass "
-            "over the split, then a window of one stream execution (data.min_rows_per_execution rows)",
+            "ray_data vs dataloader: road_ray.on_ray.bench_data.compare_with_dataloader (same shards, transform, "
+            "batch size, CPU workers; Ray Data capped at `workers` CPUs, one per task); each side first runs one "
+            "untimed pass over the split, then a window of one stream execution (data.min_rows_per_execution rows)",
             "stream_over_step: the stream and the step measured one after the other, each with the machine to itself",
         ],
+    }
+
+
+def _measure_rounds(
+    o: dict[str, Any],
+    paths: dict[str, str],
+    in_memory: dict[str, dict[str, np.ndarray]],
+    data_cfg: DataConfig,
+    setup: StepSetup,
+    *,
+    workers: int,
+    steps: int,
+    progress: Progress,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[float]], list[float]]:
+    """``o["repeats"]`` rounds of png / jpeg / step in a rotated order (a Ray instance is running).
+
+    Returns the Ray Data vs DataLoader comparisons and the transform-only crops/s per encoding,
+    and the ROAD step's seconds (median of 3 steps) per round."""
+    from road_ray.on_ray.bench_data import compare_with_dataloader
+
+    compare: dict[str, list[dict[str, Any]]] = {"png": [], "jpeg": []}
+    transform: dict[str, list[float]] = {"png": [], "jpeg": []}
+    step_s: list[float] = []
+    device = setup.device
+
+    def measure(kind: str) -> None:
+        if kind == "step":
+            step_s.append(median([timed(setup.road_step, device) for _ in range(3)]))
+            return
+        compare[kind].append(compare_with_dataloader(paths[kind], data_cfg, num_workers=workers, steps=steps))
+        transform[kind].append(_transform_crops_per_s(in_memory[kind], data_cfg, o["seed"]))
+
+    for r in range(o["repeats"]):
+        for kind in rotated(["png", "jpeg", "step"], r):
+            measure(kind)
+        png, jpeg = compare["png"][-1], compare["jpeg"][-1]
+        progress(
+            f"round {r + 1}/{o['repeats']}: crops/s Ray Data / DataLoader: png {png['ray_data']['crops_per_s']:.1f} / "
+            f"{png['dataloader']['crops_per_s']:.1f}, jpeg {jpeg['ray_data']['crops_per_s']:.1f} / "
+            f"{jpeg['dataloader']['crops_per_s']:.1f}; the step consumes {2 * o['batch'] / step_s[-1]:.1f}"
+        )
+    return compare, transform, step_s
+
+
+def _settings(o, png_path, sizes, workers, steps, device, precision) -> dict[str, Any]:
+    return {
+        "dataset": f"MiniCity {o['size']} source_train",
+        "shards": png_path,
+        "rows": sizes["rows"],
+        "crop": o["crop"],
+        "batch_per_domain": o["batch"],
+        "workers": workers,
+        "steps": steps,
+        "repeats": o["repeats"],
+        "network": o["network"],
+        "device": str(device),
+        "precision": precision,
+        "smoke": bool(o.get("smoke")),
+        "jpeg_quality": JPEG_QUALITY,
     }
 
 

@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "chunk": 10,
 }
 SMOKE: dict[str, Any] = {"crop": 32, "repeats": 1, "images": 4, "size": "small", "chunk": 2}
+MODES = ("whole", "slide")
 SYNC_CALLS = frozenset({"__bool__", "item", "tolist", "numpy", "__int__", "__float__", "__index__", "cpu"})
 _PACKAGE = str(Path(__file__).resolve().parents[1])
 
@@ -137,80 +138,32 @@ def audit_host_syncs(run_pass, batches: list[dict[str, Any]], device: torch.devi
 
 def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     """Run the eval bench; returns ``{"settings", "figures", "notes"}`` (see the module docstring)."""
-    from road_ray.config import ModelConfig
-    from road_ray.engine.evaluate import EvalSettings, evaluate
     from road_ray.engine.resolve import ensure_minicity
-    from road_ray.labels import get_label_space
-    from road_ray.models import build_segmenter
 
     o = {**DEFAULTS, **(SMOKE if options.get("smoke") else {}), **options}
     if o["repeats"] < 1 or o["crop"] < 16 or o["images"] < 0:
         raise ValueError("bench eval: expected --repeats >= 1, --crop >= 16, --images >= 0")
     device = resolve_device(o["device"])
     precision = resolve_precision(o["precision"], device)
-    amp = torch.bfloat16 if precision == "bf16" else None
-    arch, backbone = parse_network(o["network"])
 
     path = str(ensure_minicity(o["size"], log=progress) / "target_val")
     batches = load_val_batches(path, o["images"])
     progress(f"{len(batches)} images of {path} in memory; building {o['network']} on {device} ({precision})")
-    torch.manual_seed(o["seed"])
-    model = build_segmenter(ModelConfig(arch=arch, backbone=backbone, pretrained="none")).to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)  # as build_objective does
-    label_space = get_label_space("cityscapes19")
-    settings = {
-        mode: EvalSettings(mode=mode, scale=1.0, window=o["crop"], autocast_dtype=amp) for mode in ("whole", "slide")
-    }
-
-    def run_pass(mode: str, subset: list[dict[str, Any]]) -> dict[str, Any]:
-        scores = evaluate(model, subset, label_space, settings[mode], device)
-        if scores["images"] != len(subset):
-            raise RuntimeError(f"bench eval: evaluate saw {scores['images']} images, expected {len(subset)}")
-        return scores
-
+    run_pass = _pass_runner(o, device, precision)
     for _ in range(o["warmup"]):
-        for mode in settings:
+        for mode in MODES:
             run_pass(mode, batches[: min(len(batches), 4)])
-    # Short measurements interleaved often pair better on a machine whose load changes by the
-    # second: every pass over the split goes chunk by chunk, each chunk in both modes.
-    n = len(batches)
-    chunks = [batches[i : i + o["chunk"]] for i in range(0, n, o["chunk"])]
-    rates: dict[str, list[float]] = {mode: [] for mode in settings}
-    seconds = {mode: 0.0 for mode in settings}
-    for rep in range(o["repeats"]):
-        for c, chunk in enumerate(chunks):
-            for mode in rotated(list(settings), rep * len(chunks) + c):
-                t = timed(lambda m=mode, ch=chunk: run_pass(m, ch), device)
-                rates[mode].append(len(chunk) / t)
-                seconds[mode] += t
-        recent = {mode: median(values[-len(chunks) :]) for mode, values in rates.items()}
-        shown = ", ".join(f"{mode} {value:.2f}" for mode, value in recent.items())
-        progress(f"pass {rep + 1}/{o['repeats']} over {n} images: images/s (median over chunks) {shown}")
+    rates, seconds = _time_chunks(run_pass, batches, o["chunk"], o["repeats"], device, progress)
     progress("auditing host syncs (whole and slide)")
-    audit_batches = batches[: min(n, 4)]
+    audit_batches = batches[: min(len(batches), 4)]
     audits = {
         mode: audit_host_syncs(lambda subset, mode=mode: run_pass(mode, subset), audit_batches, device)
-        for mode in settings
+        for mode in MODES
     }
     progress("done")
+    n = len(batches)
     return {
-        "settings": {
-            "dataset": f"MiniCity {o['size']} target_val",
-            "shards": path,
-            "images": n,
-            "network": o["network"],
-            "window": o["crop"],
-            "scale": 1.0,
-            "chunk": o["chunk"],
-            "image_size": list(batches[0]["image"].shape[-2:]),
-            "precision": precision,
-            "device": str(device),
-            "repeats": o["repeats"],
-            "warmup": o["warmup"],
-            "smoke": bool(o.get("smoke")),
-            "pretrained": "none (random weights: fine for timing)",
-        },
+        "settings": _settings(o, path, batches, device, precision),
         "figures": {
             "images_per_s": {mode: median(v) for mode, v in rates.items()},
             "images_per_s_spread": {mode: spread(v) for mode, v in rates.items()},
@@ -225,6 +178,71 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
             "[entropy sum, pixels, images, labeled] on the device and reads them once per pass (totals.tolist(), "
             "cm.matrix.cpu()); host_syncs lists every remaining per-image host sync by source line",
         ],
+    }
+
+
+def _pass_runner(o: dict[str, Any], device: torch.device, precision: str):
+    """``run_pass(mode, batches)``: one ``evaluate`` of a random-weight network over ``batches``."""
+    from road_ray.config import ModelConfig
+    from road_ray.engine.evaluate import EvalSettings, evaluate
+    from road_ray.labels import get_label_space
+    from road_ray.models import build_segmenter
+
+    arch, backbone = parse_network(o["network"])
+    amp = torch.bfloat16 if precision == "bf16" else None
+    torch.manual_seed(o["seed"])
+    model = build_segmenter(ModelConfig(arch=arch, backbone=backbone, pretrained="none")).to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)  # as build_objective does
+    label_space = get_label_space("cityscapes19")
+    settings = {mode: EvalSettings(mode=mode, scale=1.0, window=o["crop"], autocast_dtype=amp) for mode in MODES}
+
+    def run_pass(mode: str, subset: list[dict[str, Any]]) -> dict[str, Any]:
+        scores = evaluate(model, subset, label_space, settings[mode], device)
+        if scores["images"] != len(subset):
+            raise RuntimeError(f"bench eval: evaluate saw {scores['images']} images, expected {len(subset)}")
+        return scores
+
+    return run_pass
+
+
+def _time_chunks(run_pass, batches, chunk: int, repeats: int, device: torch.device, progress: Progress):
+    """Images/s per chunk and mode, and each mode's total seconds, over ``repeats`` passes.
+
+    Short measurements interleaved often pair better on a machine whose load changes by the
+    second: every pass over the split goes chunk by chunk, each chunk in both modes."""
+    n = len(batches)
+    chunks = [batches[i : i + chunk] for i in range(0, n, chunk)]
+    rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+    seconds = {mode: 0.0 for mode in MODES}
+    for rep in range(repeats):
+        for c, part in enumerate(chunks):
+            for mode in rotated(list(MODES), rep * len(chunks) + c):
+                t = timed(lambda m=mode, ch=part: run_pass(m, ch), device)
+                rates[mode].append(len(part) / t)
+                seconds[mode] += t
+        recent = {mode: median(values[-len(chunks) :]) for mode, values in rates.items()}
+        shown = ", ".join(f"{mode} {value:.2f}" for mode, value in recent.items())
+        progress(f"pass {rep + 1}/{repeats} over {n} images: images/s (median over chunks) {shown}")
+    return rates, seconds
+
+
+def _settings(o: dict[str, Any], path: str, batches, device: torch.device, precision: str) -> dict[str, Any]:
+    return {
+        "dataset": f"MiniCity {o['size']} target_val",
+        "shards": path,
+        "images": len(batches),
+        "network": o["network"],
+        "window": o["crop"],
+        "scale": 1.0,
+        "chunk": o["chunk"],
+        "image_size": list(batches[0]["image"].shape[-2:]),
+        "precision": precision,
+        "device": str(device),
+        "repeats": o["repeats"],
+        "warmup": o["warmup"],
+        "smoke": bool(o.get("smoke")),
+        "pretrained": "none (random weights: fine for timing)",
     }
 
 

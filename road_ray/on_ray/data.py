@@ -1,4 +1,7 @@
-"""Ray Data streams of shards and the mixed-domain step iterator (DESIGN §2).
+"""Ray Data streams of shards and the mixed-domain step iterator.
+
+How fast these streams are next to a PyTorch ``DataLoader`` is measured by ``road-ray bench
+data`` (``road_ray/on_ray/bench_data.py``).
 
 The flow, per domain::
 
@@ -43,10 +46,8 @@ environment of ``ray start``/``ray.init``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -54,7 +55,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 import torch
-from ray.data import DataContext, DataIterator, Dataset, ExecutionResources, FileShuffleConfig
+from ray.data import DataContext, DataIterator, Dataset, FileShuffleConfig
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.expressions import col
 from ray.data.expressions import random as random_expr
@@ -255,7 +256,7 @@ class _TensorColumns(NumpyBatchCollateFn):
         return out
 
 
-def _endless_batches(
+def endless_batches(
     stream: Stream,
     *,
     name: str,
@@ -317,10 +318,10 @@ def mixed_domain_batches(
     (``"auto"``: the Train worker's device).
     """
     common = dict(prefetch_batches=prefetch_batches, device=device, shuffle_buffer=shuffle_buffer)
-    source = _endless_batches(
+    source = endless_batches(
         source_it, name="source", columns=("image", "label", "box"), batch_size=batch_source, **common
     )
-    target = _endless_batches(target_it, name="target", columns=("image", "box"), batch_size=batch_target, **common)
+    target = endless_batches(target_it, name="target", columns=("image", "box"), batch_size=batch_target, **common)
     for s, t in zip(source, target):
         yield {
             "source_image": s["image"],
@@ -372,145 +373,6 @@ class CachedValidation:
             self.cached = kept
 
 
-# ---------------------------------------------------------------------------------------
-# Benchmark: Ray Data vs a PyTorch DataLoader on the same shards
-
-
-class _ShardCrops(torch.utils.data.IterableDataset):
-    """The DataLoader side of :func:`compare_with_dataloader`: the same Parquet files read with
-    pyarrow (row groups dealt round-robin to the loader's workers) and the same transform,
-    applied one row at a time (what a torch Dataset does)."""
-
-    def __init__(self, path: str, cfg: DataConfig, seed: int):
-        self.files = list_shard_files(path)
-        self.crop = CropBatch(cfg, seed=seed, labeled=True)
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        unit = 0
-        for uri in self.files:
-            fs, file_path = open_fs(uri)
-            pf = pq.ParquetFile(file_path, filesystem=fs)
-            for group in range(pf.num_row_groups):
-                unit += 1
-                if unit % workers != worker:
-                    continue
-                table = pf.read_row_group(group, columns=["id", "image", "label"])
-                for row in table.to_pylist():
-                    if row["label"] is None:
-                        continue
-                    one = {k: np.array([row[k]], dtype=object) for k in ("id", "image", "label")}
-                    out = self.crop(one)
-                    yield {"image": out["image"][0], "label": out["label"][0], "box": out["box"][0]}
-
-
-def _tree_cpu_seconds() -> dict[int, float]:
-    """CPU time (user + system) per process of this process tree: with a local Ray instance that
-    is the raylet, GCS and every Ray worker; with a DataLoader, its workers."""
-    try:
-        import psutil  # ships with ray[default]
-    except ImportError:
-        return {}
-    out = {}
-    me = psutil.Process()
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-            out[proc.pid] = times.user + times.system
-        except psutil.Error:
-            pass
-    return out
-
-
-def _cpu_seconds_since(before: dict[int, float]) -> float:
-    # per process, so that a process exiting meanwhile (Ray reaps idle workers) does not
-    # subtract its whole history; its last moments are lost (a small underestimate)
-    return sum(cpu - before.get(pid, 0.0) for pid, cpu in _tree_cpu_seconds().items())
-
-
-def _crops_per_second(
-    batches: Iterator[dict[str, torch.Tensor]], steps: int, batch_size: int, warmup: int
-) -> dict[str, float]:
-    """Time ``steps`` batches after ``warmup`` batches (start-up: worker processes, imports)."""
-    start = time.perf_counter()
-    for _ in range(warmup):
-        first = next(batches)
-    if first["image"].shape[0] != batch_size:
-        raise RuntimeError(f"benchmark: expected batches of {batch_size} crops, got {first['image'].shape[0]}")
-    warm, cpu_warm = time.perf_counter(), _tree_cpu_seconds()
-    for _ in range(steps):
-        next(batches)
-    end, cpu = time.perf_counter(), _cpu_seconds_since(cpu_warm)
-    batches.close()
-    crops = steps * batch_size
-    return {
-        "warmup_s": warm - start,
-        "crops_per_s": crops / max(end - warm, 1e-9),
-        # robust to other load on the machine: CPU time of the whole process tree per crop
-        "cpu_ms_per_crop": 1000 * cpu / crops,
-    }
-
-
-def compare_with_dataloader(path: str, cfg: DataConfig, num_workers: int, steps: int) -> dict[str, Any]:
-    """Crops/s of the Ray Data stream vs a ``torch.utils.data.DataLoader`` with ``num_workers``
-    processes, on the same labeled shards with the same transform and batch size.
-
-    Ray Data gets the same CPU budget: ``resource_limits.cpu = num_workers`` and one CPU per
-    task, i.e. at most ``num_workers`` processes decoding and cropping, like the DataLoader
-    (``cfg.cpus_per_map_task`` is ignored here). Both re-open their stream when an epoch ends.
-    Each side first runs one pass over the split untimed (start-up, reported as ``warmup_s``),
-    then ``steps`` timed batches (the bench takes one execution's worth: every window then
-    holds one execution start of Ray Data, wherever it falls). ``cpu_ms_per_crop`` is the CPU time of the whole process tree
-    (for Ray: driver, raylet, GCS, workers) per crop, less distorted by other load on the
-    machine than the wall-clock rates; ``load_avg`` tells how busy the machine was.
-    Needs a running local Ray instance (``ray.init`` first).
-    """
-    batch = cfg.batch_source
-    warmup = max(1, count_rows(path) // batch)  # one pass: worker processes started, imports done
-    load_before = os.getloadavg()[0]
-    ds = train_stream(path, dataclasses.replace(cfg, cpus_per_map_task=1.0), seed=0, labeled=True)
-    ds.context.execution_options.resource_limits = ExecutionResources(cpu=num_workers)
-
-    def ray_batches():
-        return _endless_batches(
-            ds,
-            name="bench",
-            columns=("image", "label", "box"),
-            batch_size=batch,
-            prefetch_batches=cfg.prefetch_batches,
-            device="cpu",
-            shuffle_buffer=0,
-        )
-
-    def loader_batches():
-        loader = torch.utils.data.DataLoader(
-            _ShardCrops(path, cfg, seed=0),
-            batch_size=batch,
-            num_workers=num_workers,
-            drop_last=True,
-            persistent_workers=num_workers > 0,
-            prefetch_factor=cfg.prefetch_batches if num_workers > 0 else None,
-        )
-        while True:
-            yield from loader
-
-    ray_result = _crops_per_second(ray_batches(), steps, batch, warmup)
-    loader_result = _crops_per_second(loader_batches(), steps, batch, warmup)
-    return {
-        "num_workers": num_workers,
-        "steps": steps,
-        "batch_size": batch,
-        "crop_size": cfg.crop_size,
-        "ray_data": ray_result,
-        "dataloader": loader_result,
-        # > 1: Ray Data is faster / spends less CPU per crop than the DataLoader
-        "ratio": ray_result["crops_per_s"] / loader_result["crops_per_s"],
-        "cpu_ratio": loader_result["cpu_ms_per_crop"] / max(ray_result["cpu_ms_per_crop"], 1e-9),
-        "load_avg": [load_before, os.getloadavg()[0]],
-    }
-
-
 __all__ = [
     "read_shards",
     "train_stream",
@@ -518,5 +380,7 @@ __all__ = [
     "val_stream",
     "mixed_domain_batches",
     "iter_val_batches",
-    "compare_with_dataloader",
+    "endless_batches",
+    "execution_rows",
+    "CachedValidation",
 ]

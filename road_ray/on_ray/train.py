@@ -12,12 +12,14 @@ A run is named deterministically, so restarting with the same storage and name r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +64,40 @@ def _worker_log(line: str) -> None:
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """``train_loop_per_worker``: runs on every Ray Train worker."""
+    """``train_loop_per_worker``: runs on every Ray Train worker.
+
+    ``loop_config`` (built by :func:`build_trainer`): ``config`` (``Config.to_dict()``),
+    ``val_splits`` (the validation datasets given to the trainer), ``torch_threads``,
+    ``history`` (the run's ``metrics.jsonl``) and ``diverged_marker`` (where rank 0 writes why
+    the loss diverged).
+    """
     cfg = config_from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(loop_config.get("torch_threads", 1))))
+    with resumed_checkpoint() as resume_dir:
+        hooks = LoopHooks(
+            report=RunReporter(rank, loop_config["history"]),
+            device=ray.train.torch.get_device(),
+            rank=rank,
+            world_size=world_size,
+            resume_dir=resume_dir,
+            wrap_module=_prepare_trainable,
+            all_reduce=_all_reduce if world_size > 1 else None,
+            log=_worker_log,
+        )
+        try:
+            train_loop(cfg, _step_batches(cfg), _validation_batches(loop_config["val_splits"]), hooks)
+        except TrainingDiverged as e:
+            # Mark the run instead of crashing: a crash would be retried from the checkpoint and
+            # diverge again. The driver reads the marker (run_outcome) and stops with this reason.
+            if rank == 0:
+                write_text(loop_config["diverged_marker"], str(e))
 
-    batches = mixed_domain_batches(
+
+def _step_batches(cfg: Config):
+    """This worker's step batches: its shards of the ``source`` and ``target`` train streams."""
+    return mixed_domain_batches(
         ray.train.get_dataset_shard("source"),
         ray.train.get_dataset_shard("target"),
         batch_source=cfg.data.batch_source,
@@ -77,72 +105,62 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         prefetch_batches=cfg.data.prefetch_batches,
         device="cpu",
     )
-    # Validation images stay in the worker's memory after the first evaluation when they fit.
-    val_splits = {
-        name: CachedValidation(lambda name=name: ray.train.get_dataset_shard(name))
-        for name in loop_config["val_splits"]
-    }
 
-    def val_batches(name: str):
-        return val_splits[name]()
 
-    def all_reduce(t: torch.Tensor) -> None:
-        torch.distributed.all_reduce(t)
+def _validation_batches(names: list[str]) -> Callable[[str], Iterator[dict[str, Any]]]:
+    """``val_batches(name)`` for the loop: a KeyError for a split the run has not configured.
 
-    # Fault injection for the fault-tolerance test: rank 0 dies hard once, after reporting
-    # iteration `inject_fault_at` (a marker file remembers that it already happened).
-    fault_at = int(loop_config.get("inject_fault_at", 0))
-    marker = Path(loop_config["fault_marker"]) if fault_at else None
+    Validation images stay in the worker's memory after the first evaluation when they fit
+    (:class:`road_ray.on_ray.data.CachedValidation`)."""
+    splits = {name: CachedValidation(lambda name=name: ray.train.get_dataset_shard(name)) for name in names}
+    return lambda name: splits[name]()
 
-    # Rank 0 keeps the run's whole metric history next to its checkpoints (Ray keeps only
-    # the metrics of the checkpoints it keeps): one JSON object per report.
-    history_uri = loop_config["history"]
-    history = (read_text(history_uri) or "") if rank == 0 else ""
 
-    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        nonlocal history
-        if rank == 0:
-            history += jsonio.dumps(metrics) + "\n"
-            write_text(history_uri, history)
+def _all_reduce(t: torch.Tensor) -> None:
+    torch.distributed.all_reduce(t)
+
+
+@contextlib.contextmanager
+def resumed_checkpoint() -> Iterator[Path | None]:
+    """The run's latest checkpoint as a local folder (None on a fresh start), removed afterwards.
+
+    ``ray.train.get_checkpoint()`` may live on remote storage; the loop reads a local copy."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        yield None
+        return
+    local_copy = Path(tempfile.mkdtemp(prefix="road-ray-resume-"))
+    try:
+        with checkpoint.as_directory() as d:
+            shutil.copytree(d, local_copy / "checkpoint")
+        yield local_copy / "checkpoint"
+    finally:
+        shutil.rmtree(local_copy, ignore_errors=True)
+
+
+class RunReporter:
+    """``LoopHooks.report`` on Ray Train: every rank calls ``ray.train.report`` (a barrier), with
+    the checkpoint folder rank 0 wrote; rank 0 also appends the metrics to the run's history.
+
+    Ray keeps only the metrics of the checkpoints it keeps, so the whole history (one JSON
+    object per report, :func:`read_history`) lives next to the checkpoints. A restarted worker
+    group reads it back and appends, so a repeated iteration shows twice.
+    """
+
+    def __init__(self, rank: int, history_uri: str) -> None:
+        self.rank, self.history_uri = rank, history_uri
+        self.history = (read_text(history_uri) or "") if rank == 0 else ""
+
+    def __call__(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if self.rank == 0:
+            self.history += jsonio.dumps(metrics) + "\n"
+            write_text(self.history_uri, self.history)
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(
             _ray_metrics(metrics),
             checkpoint=checkpoint,
             checkpoint_dir_name=f"checkpoint_{int(metrics['iter']):07d}" if checkpoint else None,
         )
-        if fault_at and rank == 0 and metrics["iter"] >= fault_at and marker and not marker.exists():
-            marker.write_text("injected")
-            os._exit(1)  # a hard crash: no cleanup, like a lost node
-
-    resume_dir = None
-    checkpoint = ray.train.get_checkpoint()
-    local_copy = None
-    if checkpoint is not None:
-        local_copy = Path(tempfile.mkdtemp(prefix="road-ray-resume-"))
-        with checkpoint.as_directory() as d:
-            shutil.copytree(d, local_copy / "checkpoint")
-        resume_dir = local_copy / "checkpoint"
-
-    hooks = LoopHooks(
-        report=report,
-        device=device,
-        rank=rank,
-        world_size=world_size,
-        resume_dir=resume_dir,
-        wrap_module=_prepare_trainable,
-        all_reduce=all_reduce if world_size > 1 else None,
-        log=_worker_log,
-    )
-    try:
-        train_loop(cfg, batches, val_batches, hooks)
-    except TrainingDiverged as e:
-        # Mark the run instead of crashing: a crash would be retried from the checkpoint and
-        # diverge again. The driver reads the marker and stops with this reason.
-        if rank == 0:
-            write_text(loop_config["diverged_marker"], str(e))
-    finally:
-        if local_copy is not None:
-            shutil.rmtree(local_copy, ignore_errors=True)
 
 
 HISTORY_FILE = "metrics.jsonl"
@@ -177,9 +195,14 @@ def build_trainer(
     name: str,
     callbacks: list | None = None,
     torch_threads: int = 1,
-    inject_fault_at: int = 0,
+    worker: Callable[[dict[str, Any]], None] = train_worker,
 ) -> TorchTrainer:
-    """A TorchTrainer for one run; the datasets are Ray Data streams of the configured shards."""
+    """A TorchTrainer for one run; the datasets are Ray Data streams of the configured shards.
+
+    ``worker``: the per-worker function, :func:`train_worker`; a test may pass one that wraps it
+    (e.g. to kill a worker mid-run). It is pickled to the workers, so it must be importable
+    there or pickled by value.
+    """
     use_gpu = torch.cuda.is_available() if cfg.run.use_gpu is None else cfg.run.use_gpu
     datasets = {
         "source": train_stream(cfg.data.source, cfg.data, seed=cfg.run.seed, labeled=True),
@@ -193,13 +216,11 @@ def build_trainer(
             val_splits.append(key)
     storage_path = absolute(storage)
     return TorchTrainer(
-        train_worker,
+        worker,
         train_loop_config={
             "config": cfg.to_dict(),
             "val_splits": val_splits,
             "torch_threads": torch_threads,
-            "inject_fault_at": inject_fault_at,
-            "fault_marker": str(Path(tempfile.gettempdir()) / f"road-ray-fault-{name}-{os.getpid()}"),
             "diverged_marker": diverged_marker(storage_path, name),
             "history": join(storage_path, name, HISTORY_FILE),
         },
@@ -257,12 +278,12 @@ def init_ray(
     A local instance runs its dashboard and tells its workers where it is: Ray's State API,
     which Train's placement-group cleaner uses when a run ends early (ASHA), otherwise finds
     "the" local cluster by scanning processes and fails when another Ray instance runs on the
-    machine; the stopped run's placement group would then starve the next one (ray-notes).
+    machine; the stopped run's placement group would then starve the next one.
     """
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()  # passing resources while connecting is an error (ray-notes)
+        ray.init()  # passing resources (num_cpus, ...) while connecting to a cluster is an error
     else:
         # Fractional-CPU map tasks make Ray kill idle workers past the CPU count, so every
         # epoch would start fresh ones (re-importing pyarrow/cv2): keep a few more alive.
@@ -291,9 +312,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_training(
-    cfg: Config, storage: str | None = None, name: str | None = None, log=print, inject_fault_at: int = 0
-) -> dict[str, Any]:
+@contextlib.contextmanager
+def ray_instance(**init_options: Any) -> Iterator[None]:
+    """:func:`init_ray` for the ``with`` block; stops Ray afterwards only if this call started it
+    (a bench run inside a test session or a notebook leaves their instance alone)."""
+    started = not ray.is_initialized()
+    init_ray(**init_options)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_training(cfg: Config, storage: str | None = None, name: str | None = None, log=print) -> dict[str, Any]:
     """Resolve inputs, run one TorchTrainer to the end, return its summary."""
     cfg = resolve_config(cfg, log=log)
     check_shard_folders(cfg)
@@ -302,7 +334,7 @@ def run_training(
     name = name or run_name(cfg)
     init_ray()
     log(f"[train] run {name} in {storage}")
-    trainer = build_trainer(cfg, storage=storage, name=name, inject_fault_at=inject_fault_at)
+    trainer = build_trainer(cfg, storage=storage, name=name)
     return run_outcome(trainer.fit(), storage, name)
 
 
