@@ -50,6 +50,9 @@ _GRID_RE = re.compile(r"^([1-9][0-9]*)x([1-9][0-9]*)$")
 TRAIN_SPLITS: tuple[str, ...] = ("source", "target")
 VAL_SPLITS: tuple[str, ...] = ("target_val", "source_val")
 DATA_SPLITS: tuple[str, ...] = TRAIN_SPLITS + VAL_SPLITS
+# What the label-free validators evaluate on besides source-val: the first images of the
+# unlabelled target *train* split (never target-val, whose labels are the oracle's).
+VALIDATOR_SPLIT = "target_train"
 
 
 class ConfigError(ValueError):

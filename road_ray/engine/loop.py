@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from road_ray.config import Config, parse_grid
+from road_ray.config import VALIDATOR_SPLIT, Config, parse_grid
 from road_ray.data.transforms import normalize_tensor
 from road_ray.engine import precision
 from road_ray.engine.checkpoint import (
@@ -51,6 +51,7 @@ class LoopHooks:
     wrap_module: Callable[[nn.Module], nn.Module] = lambda m: m
     all_reduce: Callable[[torch.Tensor], None] | None = None
     log: Callable[[str], None] = print
+    launched_at: float | None = None  # time.time() when the runner launched the run (default: now)
 
 
 def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -133,7 +134,7 @@ class _Evaluator:
     """A run's evaluation: target-val (the oracle), source-val, and the label-free validators.
 
     The validators (``docs/validators.md``) see the first ``validators.max_images`` images of
-    the unlabelled target-*train* split (``"target_train"``; never target-val) and of source-val.
+    the unlabelled target-*train* split (``VALIDATOR_SPLIT``; never target-val) and of source-val.
     With several workers each rank computes them on its own share of those images and rank 0's
     values are reported.
     """
@@ -187,7 +188,7 @@ class _Evaluator:
         out["source_val_miou"] = source["miou"] if source is not None else None
         if validators is not None:
             n = self.cfg.validators.max_images
-            self.split("target_train", observe=self._target_observer(validators), max_images=n)
+            self.split(VALIDATOR_SPLIT, observe=self._target_observer(validators), max_images=n)
             out.update(validators.compute(model=lambda x: predict(self.run.student, x, self.settings)))
         return out
 
@@ -246,7 +247,7 @@ def train_loop(
     KeyError when that split is not configured). Every ``run.eval_every`` iterations and at the
     end: evaluate, checkpoint, report.
     """
-    timeline = Timeline()
+    timeline = Timeline(hooks.launched_at)
     torch.manual_seed(cfg.run.seed + hooks.rank)
     run = _build_run(cfg, hooks)
     if hooks.resume_dir is not None:

@@ -25,15 +25,17 @@ class TrainingDiverged(RuntimeError):
 
 
 class Timeline:
-    """Wall-clock seconds per phase of a run, from its construction (the run's start).
+    """Wall-clock seconds per phase of a run, from ``launched_at`` (``time.time()`` when the runner
+    launched it, e.g. before Ray Train started its workers) or from construction.
 
-    ``startup`` is everything before the first training step (building the model, resuming,
-    the first batch); the training phase includes fetching batches, since a stream that cannot
-    keep up is time lost to training as much as a slow step.
+    ``startup`` is everything before the first training step (the runner's start-up, building
+    the model, resuming, the first batch); the training phase includes fetching batches, since a
+    stream that cannot keep up is time lost to training as much as a slow step.
     """
 
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
+    def __init__(self, launched_at: float | None = None) -> None:
+        # perf_counter for the phases; the launch time (another process's clock) through time.time()
+        self.start = time.perf_counter() - max(0.0, time.time() - launched_at if launched_at else 0.0)
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self._started = False
 

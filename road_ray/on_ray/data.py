@@ -205,32 +205,34 @@ def execution_rows(path: str, cfg: DataConfig) -> int:
     return count_rows(path) * passes_per_execution(path, cfg)
 
 
-def val_stream(path: str, cfg: DataConfig, *, max_images: int = 0) -> Dataset:
+def val_stream(path: str, cfg: DataConfig, *, max_images: int = 0, labeled: bool = True) -> Dataset:
     """Whole labeled images of a validation split: rows ``{image [3,H,W], label [H,W], id}``.
 
-    Unlabeled rows are skipped. ``max_images`` (or, when 0, ``cfg.max_val_images``) caps the
+    Unlabeled rows are skipped; with ``labeled=False`` every row is taken, without its label
+    (the unlabelled target-train images the label-free validators see). ``max_images`` (or, when 0, ``cfg.max_val_images``) caps the
     number of images, 0 meaning the whole split; the subset is the first labeled rows in shard
     order, the same at every evaluation (``Dataset.limit`` would take whichever rows stream in
     first). Images are decoded one per task call, so a split may mix image sizes.
     """
     cpus = cfg.cpus_per_map_task
-    ds = read_shards(path, columns=["id", "image", "label"], num_cpus=cpus)
-    ds = ds.filter(expr=col("label").is_not_null(), num_cpus=cpus)
+    ds = read_shards(path, columns=["id", "image", "label"] if labeled else ["id", "image"], num_cpus=cpus)
+    if labeled:
+        ds = ds.filter(expr=col("label").is_not_null(), num_cpus=cpus)
     limit = max_images if max_images > 0 else cfg.max_val_images
     if limit > 0:
-        ds = ds.filter(expr=col("id").is_in(_first_labeled_ids(path, limit)), num_cpus=cpus)
-    ds = ds.map_batches(WholeImageBatch(labeled=True), batch_format="numpy", batch_size=1, num_cpus=cpus)
+        ds = ds.filter(expr=col("id").is_in(_first_ids(path, limit, labeled)), num_cpus=cpus)
+    ds = ds.map_batches(WholeImageBatch(labeled=labeled), batch_format="numpy", batch_size=1, num_cpus=cpus)
     return _quiet(ds)
 
 
-def _first_labeled_ids(path: str, n: int) -> list[str]:
-    """The ids of the first ``n`` labeled rows of a shard folder, in file order (reads only those)."""
+def _first_ids(path: str, n: int, labeled: bool = True) -> list[str]:
+    """The ids of the first ``n`` (labeled) rows of a shard folder, in file order (reads only those)."""
     ids: list[str] = []
     for uri in list_shard_files(path):
         fs, file_path = open_fs(uri)
         for batch in pq.ParquetFile(file_path, filesystem=fs).iter_batches(batch_size=64, columns=["id", "label"]):
-            labeled = batch.column("label").is_valid().to_pylist()
-            ids.extend(i for i, ok in zip(batch.column("id").to_pylist(), labeled) if ok)
+            keep = batch.column("label").is_valid().to_pylist() if labeled else [True] * batch.num_rows
+            ids.extend(i for i, ok in zip(batch.column("id").to_pylist(), keep) if ok)
             if len(ids) >= n:
                 return ids[:n]
     return ids
@@ -333,13 +335,16 @@ def mixed_domain_batches(
 
 
 def iter_val_batches(it: Stream, device: str | torch.device = "cpu") -> Iterator[dict[str, Any]]:
-    """Whole validation images one at a time: ``{"image" [1,3,H,W], "label" int64 [1,H,W], "id": [str]}``."""
+    """Whole validation images one at a time: ``{"image" [1,3,H,W], "label" int64 [1,H,W], "id": [str]}``
+    (no ``"label"`` for an unlabelled split)."""
     for batch in it.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=1):
-        yield {
+        out = {
             "image": torch.from_numpy(np.array(batch["image"], dtype=np.float32)).to(device),
-            "label": torch.from_numpy(np.array(batch["label"], dtype=np.int64)).to(device),
             "id": [str(i) for i in batch["id"]],
         }
+        if "label" in batch:
+            out["label"] = torch.from_numpy(np.array(batch["label"], dtype=np.int64)).to(device)
+        yield out
 
 
 class CachedValidation:
@@ -363,7 +368,7 @@ class CachedValidation:
         size = 0
         for batch in iter_val_batches(self.open_stream()):
             if kept is not None:
-                size += batch["image"].nbytes + batch["label"].nbytes
+                size += batch["image"].nbytes + (batch["label"].nbytes if "label" in batch else 0)
                 if size > self.max_bytes:
                     kept, self.too_large = None, True
                 else:

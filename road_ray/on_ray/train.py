@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from road_ray import jsonio
-from road_ray.config import TRAIN_SPLITS, VAL_SPLITS, Config, config_from_dict, load_config
+from road_ray.config import TRAIN_SPLITS, VAL_SPLITS, VALIDATOR_SPLIT, Config, config_from_dict, load_config
 from road_ray.engine.loop import LoopHooks, TrainingDiverged, train_loop
 from road_ray.engine.resolve import check_shard_folders, resolve_config
 from road_ray.on_ray.data import CachedValidation, mixed_domain_batches, train_stream, val_stream
@@ -85,6 +86,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             wrap_module=_prepare_trainable,
             all_reduce=_all_reduce if world_size > 1 else None,
             log=_worker_log,
+            launched_at=loop_config.get("launched_at"),
         )
         try:
             train_loop(cfg, _step_batches(cfg), _validation_batches(loop_config["val_splits"]), hooks)
@@ -214,6 +216,11 @@ def build_trainer(
         if path:
             datasets[key] = val_stream(path, cfg.data, max_images=cfg.data.max_val_images)
             val_splits.append(key)
+    if cfg.validators.enabled:  # the label-free validators' unlabelled target-train images (never target-val)
+        datasets[VALIDATOR_SPLIT] = val_stream(
+            cfg.data.target, cfg.data, max_images=cfg.validators.max_images, labeled=False
+        )
+        val_splits.append(VALIDATOR_SPLIT)
     storage_path = absolute(storage)
     return TorchTrainer(
         worker,
@@ -223,6 +230,9 @@ def build_trainer(
             "torch_threads": torch_threads,
             "diverged_marker": diverged_marker(storage_path, name),
             "history": join(storage_path, name, HISTORY_FILE),
+            # the run's timeline starts here, so that its start-up includes Ray Train's own
+            # (worker group, datasets); a cluster's clocks are NTP-synchronised
+            "launched_at": time.time(),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.run.num_workers,
