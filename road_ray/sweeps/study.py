@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from road_ray import jsonio
 from road_ray.sweeps.metrics import LABEL_FREE_PROXIES  # noqa: E402
 from road_ray.sweeps.results import Experiment, display_path, number  # noqa: E402
-from road_ray.sweeps.space import POINT_KEY  # noqa: E402
+from road_ray.sweeps.trial import POINT_KEY  # noqa: E402
 
 IOU_PREFIX = "iou/"
 # Short column titles for the 19 Cityscapes classes (the paper's Table 1 abbreviates them too).
