@@ -1,4 +1,4 @@
-"""Raw dataset folders -> Parquet shards + ``manifest.json`` (DESIGN §2, §7, §8): ``road-ray prepare``.
+"""Raw dataset folders -> Parquet shards + ``manifest.json``: ``road-ray prepare`` (README.md, "Data").
 
 Layouts read (files paired by stem; details and label encodings in :mod:`road_ray.data.datasets`):
 

@@ -1,4 +1,4 @@
-"""Parquet shards and their manifest (DESIGN §2, §8), on local disk or object storage.
+"""Parquet shards and their manifest (docs/ARCHITECTURE.md, "Shards"), on local disk or object storage.
 
 A *shard folder* is one split of one prepared dataset: ``OUT/{split}/part-NNNNN.parquet``.
 ``OUT/manifest.json`` describes every split. Paths may be local or any URI pyarrow's file
