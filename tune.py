@@ -3,7 +3,8 @@
 
 With no arguments: the MiniCity sweep of search_spaces/minicity.yaml on a local Ray instance
 (about ten minutes on two CPU cores). Inside ``ray job submit -- python tune.py ...`` it
-connects to the cluster (RAY_ADDRESS) instead. The machinery is road_ray/on_ray/tune.py.
+connects to the cluster (RAY_ADDRESS) instead. The machinery is road_ray/on_ray/tune.py (Ray) and
+road_ray/sweeps/ (the search space, the sweep's record, the outcome printed here).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--max-concurrent: expected >= 1, got {args.max_concurrent}")
         if not args.resume:  # a bad space fails in a second, before Ray is even imported
             load_space(args.space or (SMOKE_SPACE if args.smoke else DEFAULT_SPACE))
-        from road_ray.on_ray.tune import print_outcome, run_sweep
+        from road_ray.on_ray.tune import run_sweep
+        from road_ray.sweeps.outcome import print_outcome
 
         outcome = run_sweep(
             args.space,

@@ -24,7 +24,7 @@ from road_ray.data.minicity import (
     sample_scene,
     write_minicity,
 )
-from road_ray.data.minicity_render import rasterize
+from road_ray.data.minicity.render import rasterize
 from road_ray.data.shards import SHARD_SCHEMA, list_shard_files
 from road_ray.labels import CLASS_NAMES, NUM_CLASSES
 

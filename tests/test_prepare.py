@@ -396,3 +396,35 @@ def test_shard_parts_hold_at_most_max_rows(tmp_path):
     assert [r["id"] for r in shards.iter_rows(str(tmp_path / "s"))] == [f"{i:03d}" for i in range(300)]
     with pytest.raises(ValueError, match="max_rows >= 1"):
         shards.ShardWriter(str(tmp_path / "t"), max_rows=0)
+
+
+def test_shard_writer_takes_another_schema(tmp_path):
+    """MiniCity's pretraining split (id, image, class_id) goes through the same atomic writer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("class_id", pa.int32())])
+    with shards.ShardWriter(str(tmp_path / "p"), schema=schema, rows_per_group=4, max_rows=4) as writer:
+        for i in range(6):
+            writer.write({"id": f"{i}", "class_id": i % 2})
+    assert [p.name for p in sorted((tmp_path / "p").iterdir())] == ["part-00000.parquet", "part-00001.parquet"]
+    assert pq.read_table(tmp_path / "p").schema.names == ["id", "class_id"]
+    assert shards.split_shards("p", writer) == ["p/part-00000.parquet", "p/part-00001.parquet"]
+    with pytest.raises(ValueError, match="missing required columns \\['id'\\]"):
+        shards.ShardWriter(str(tmp_path / "q"), schema=schema).write({"id": None, "class_id": 1})
+
+
+def test_split_entry_of_an_unlabeled_split(tmp_path):
+    row = {"domain": "target", "split": "t", "image": b"png", "label": None, "height": 1, "width": 1}
+    with shards.ShardWriter(str(tmp_path / "t")) as writer:
+        writer.write({**row, "id": "a"})
+    entry = shards.split_entry("t", writer, "target", np.arange(19), 7, labeled=False)
+    assert entry == {
+        "rows": 1,
+        "labeled_rows": 0,
+        "domain": "target",
+        "shards": ["t/part-00000.parquet"],
+        "class_pixels": [0] * 19,
+        "ignore_pixels": 0,
+    }
+    assert shards.split_entry("t", writer, "target", np.arange(19), 7)["class_pixels"] == list(range(19))

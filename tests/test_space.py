@@ -6,8 +6,10 @@ import textwrap
 
 import pytest
 
-from road_ray.config import SMOKE_OVERRIDES
+from road_ray.config import SMOKE_OVERRIDES, ConfigError
+from road_ray.sweeps.metrics import METRIC_DIRECTIONS, metric_direction, natural_mode
 from road_ray.sweeps.space import SPACES_DIR, Param, SpaceError, load_space, space_from_dict
+from road_ray.sweeps.trial import trial_config
 
 SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
 PAPER_POINT = {"road.lambda_dist": 0.1, "road.lambda_spt": 0.01, "road.grid": "3x3"}
@@ -58,12 +60,12 @@ def test_shipped_space_validates(path):
     if space.is_grid:
         assert len(space.grid_points()) >= 2
         return
-    # λ1, λ2 log-uniform reaching ~1 (short runs need large weights, DESIGN §1); the paper's point first.
+    # λ1, λ2 log-uniform reaching ~1 (short runs need large weights); the paper's point first.
     assert space.params["road.lambda_dist"].kind == "loguniform" and space.params["road.lambda_dist"].high >= 1.0
     assert space.params["road.lambda_spt"].kind == "loguniform" and space.params["road.lambda_spt"].high >= 1.0
     assert {k: space.points_to_evaluate[0][k] for k in PAPER_POINT} == PAPER_POINT
     for point in space.points_to_evaluate:
-        space.trial_config(base, point)  # every point is a valid config
+        trial_config(base, point, space.points)  # every point is a valid config
 
 
 def test_minicity_space_searches_grid_and_teacher_layer():
@@ -291,8 +293,82 @@ def test_valid_space_is_typed_and_round_trips():
     assert space.fixed["model.teacher_layer"] == "layer3"  # a bare value is fixed
     base = space.base_config()
     assert base.optim.max_iters == 200 and base.model.teacher_layer == "layer3"
-    cfg = space.trial_config(base, {"road.lambda_dist": 0.5, "road.grid": "1x1", "run.seed": 2, "optim.lr": 5e-4})
+    cfg = trial_config(base, {"road.lambda_dist": 0.5, "road.grid": "1x1", "run.seed": 2, "optim.lr": 5e-4})
     assert (cfg.road.lambda_dist, cfg.road.grid, cfg.run.seed) == (0.5, "1x1", 2)
     assert space.max_iters(base) == 200
     again = space_from_dict(space.to_dict())
     assert again.params == space.params and again.fixed == space.fixed and again.scheduler == space.scheduler
+
+
+# --- exponent forms, smoke sizes, the one trial-config path, metric directions ---------------
+
+
+def test_numbers_in_exponent_form(tmp_path):
+    """``1e-3`` is a number wherever a float is expected: bounds, choices, fixed values, points."""
+    path = write(
+        tmp_path,
+        """
+        fixed:
+          optim.lr: 2.5e-4
+          road.lambda_spt: 3E-1
+        params:
+          road.lambda_dist: {loguniform: {low: 1e-3, high: 1e0}}
+          optim.momentum: {uniform: {low: 5e-1, high: 9.9e-1}}
+          optim.weight_decay: {choice: {values: [5e-4, 1e-5]}}
+        points_to_evaluate:
+          - {road.lambda_dist: 1e-1, optim.momentum: 9e-1, optim.weight_decay: 5e-4}
+    """,
+    )
+    space = load_space(path)
+    assert space.params["road.lambda_dist"] == Param("road.lambda_dist", "loguniform", low=1e-3, high=1.0)
+    assert space.params["optim.momentum"] == Param("optim.momentum", "uniform", low=0.5, high=0.99)
+    assert space.params["optim.weight_decay"].values == (5e-4, 1e-5)
+    assert space.fixed == {"optim.lr": 2.5e-4, "road.lambda_spt": 0.3}
+    assert space.points_to_evaluate == [{"road.lambda_dist": 0.1, "optim.momentum": 0.9, "optim.weight_decay": 5e-4}]
+    values = [space.params["road.lambda_dist"].low, *space.fixed.values(), *space.points_to_evaluate[0].values()]
+    assert all(type(v) is float for v in values)
+    base = space.base_config()
+    assert (base.optim.lr, base.road.lambda_spt) == (2.5e-4, 0.3)
+    cfg = trial_config(base, space.points_to_evaluate[0])
+    assert (cfg.road.lambda_dist, cfg.optim.momentum, cfg.optim.weight_decay) == (0.1, 0.9, 5e-4)
+
+
+def test_smoke_sizes_win_over_a_full_size_spaces_fixed_values():
+    """``tune.py --smoke --space minicity``: the space at the smoke sizes, its other fixed values kept."""
+    space = load_space("minicity")
+    assert space.fixed["optim.max_iters"] != SMOKE_OVERRIDES["optim.max_iters"]
+    smoke = space.base_config(smoke=True)
+    for key, value in SMOKE_OVERRIDES.items():
+        section, name = key.split(".")
+        assert getattr(getattr(smoke, section), name) == value, key
+    assert smoke.road.mode == space.fixed["road.mode"] and smoke.run.eval_every == SMOKE_OVERRIDES["run.eval_every"]
+    assert space.base_config().optim.max_iters == space.fixed["optim.max_iters"]
+    # a space that is itself a smoke space keeps its fixed: values over the smoke sizes
+    tiny = space_from_dict({**minimal(), "smoke": True, "fixed": {"optim.max_iters": 4}})
+    assert tiny.base_config().optim.max_iters == tiny.base_config(smoke=True).optim.max_iters == 4
+    assert tiny.base_config().data.crop_size == SMOKE_OVERRIDES["data.crop_size"]
+
+
+def test_trial_config_from_the_sweep_record_is_the_same_config():
+    """Tune's trials get the record's base config as a dict: the same function, the same config."""
+    space = load_space("minicity")
+    base = space.base_config()
+    point = space.points_to_evaluate[1]
+    from_record = trial_config(base.to_dict(), point, space.to_dict().get("points"))
+    assert from_record.to_dict() == trial_config(base, point, space.points).to_dict()
+    assert from_record.road.lambda_spt == point["road.lambda_spt"]
+    assert base.road.lambda_spt != point["road.lambda_spt"]  # base is left as it was
+    with pytest.raises(ConfigError, match="model.teacher_layer.*conv5"):
+        trial_config(base, {"model.teacher_layer": "conv5"})
+    with pytest.raises(ConfigError, match="point: 'nope'"):
+        trial_config(base, {"point": "nope"})
+
+
+def test_metric_directions_are_one_table():
+    assert metric_direction("miou") == "max" and metric_direction("target_entropy") == "min"
+    assert metric_direction("iou/road") == "max" and metric_direction("loss/dist") == "min"
+    assert metric_direction("accuracy") is None and natural_mode("accuracy") == "max"
+    for metric, direction in {**METRIC_DIRECTIONS, "iou/car": "max", "loss/total": "min"}.items():
+        assert space_from_dict(minimal(metric=metric)).mode == direction
+        other = "min" if direction == "max" else "max"
+        expect_error(minimal(metric=metric, mode=other), "mode", f"use mode: {direction}")

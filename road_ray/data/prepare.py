@@ -1,4 +1,4 @@
-"""Raw dataset folders -> Parquet shards + ``manifest.json`` (DESIGN §2, §7, §8): ``road-ray prepare``.
+"""Raw dataset folders -> Parquet shards + ``manifest.json``: ``road-ray prepare`` (README.md, "Data").
 
 Layouts read (files paired by stem; details and label encodings in :mod:`road_ray.data.datasets`):
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import posixpath
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -208,14 +207,8 @@ def write_split(job: Job, split: str, samples: list[Sample], imap: Callable, ski
             writer.write(result.row)
             class_pixels += result.class_pixels
             ignore_pixels += result.ignore_pixels
-    return {
-        "rows": writer.num_rows,
-        "labeled_rows": writer.num_rows,  # every prepared split is labeled (Cityscapes test is left out)
-        "domain": LAYOUTS[job.dataset].domain,
-        "shards": [posixpath.join(split, posixpath.basename(part)) for part in writer.parts],
-        "class_pixels": class_pixels.tolist(),
-        "ignore_pixels": ignore_pixels,
-    }
+    # every prepared split is labeled (Cityscapes' test split is left out)
+    return shards.split_entry(split, writer, LAYOUTS[job.dataset].domain, class_pixels, ignore_pixels)
 
 
 def get_layout(name: str) -> Layout:

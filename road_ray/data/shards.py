@@ -1,4 +1,4 @@
-"""Parquet shards and their manifest (DESIGN §2, §8), on local disk or object storage.
+"""Parquet shards and their manifest (docs/ARCHITECTURE.md, "Shards"), on local disk or object storage.
 
 A *shard folder* is one split of one prepared dataset: ``OUT/{split}/part-NNNNN.parquet``.
 ``OUT/manifest.json`` describes every split. Paths may be local or any URI pyarrow's file
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from road_ray import jsonio
+from road_ray.labels import NUM_CLASSES
 from road_ray.storage import join, open_fs, with_scheme
 
 SHARD_SCHEMA = pa.schema(
@@ -58,8 +60,8 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
 
 
 class ShardWriter:
-    """Writes rows of ``SHARD_SCHEMA`` into ``out_dir/part-NNNNN.parquet`` files of about
-    ``max_bytes`` and at most ``max_rows`` rows (row groups of ``rows_per_group``).
+    """Writes rows of ``schema`` (default ``SHARD_SCHEMA``) into ``out_dir/part-NNNNN.parquet``
+    files of about ``max_bytes`` and at most ``max_rows`` rows (row groups of ``rows_per_group``).
 
     Use as a context manager; on an exception, the temporary part being written is removed
     and the parts already completed are kept (they are whole). ``close()`` returns the parts.
@@ -71,10 +73,12 @@ class ShardWriter:
         max_bytes: int = DEFAULT_SHARD_BYTES,
         rows_per_group: int = 64,
         max_rows: int = DEFAULT_SHARD_ROWS,
+        schema: pa.Schema = SHARD_SCHEMA,
     ):
         if min(max_bytes, rows_per_group, max_rows) < 1:
             raise ValueError(f"ShardWriter {out_dir}: expected max_bytes, rows_per_group and max_rows >= 1")
         self.out_dir = out_dir
+        self.schema = schema
         self.max_bytes = max_bytes
         self.rows_per_group = min(rows_per_group, max_rows)
         self.max_rows = max_rows
@@ -90,14 +94,14 @@ class ShardWriter:
 
     def _open(self) -> None:
         self._tmp = join(self.path, f".tmp-{uuid.uuid4().hex}.parquet")
-        self._writer = pq.ParquetWriter(self._tmp, SHARD_SCHEMA, filesystem=self.fs, compression="none")
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, filesystem=self.fs, compression="none")
 
     def _flush_group(self) -> None:
         if not self._rows:
             return
         if self._writer is None:
             self._open()
-        table = pa.Table.from_pylist(self._rows, schema=SHARD_SCHEMA)
+        table = pa.Table.from_pylist(self._rows, schema=self.schema)
         self._writer.write_table(table)
         self._bytes += table.nbytes
         self._part_rows += len(self._rows)
@@ -116,7 +120,7 @@ class ShardWriter:
         self._bytes = self._part_rows = 0
 
     def write(self, row: dict[str, Any]) -> None:
-        missing = [f.name for f in SHARD_SCHEMA if f.name not in row or (row[f.name] is None and not f.nullable)]
+        missing = [f.name for f in self.schema if f.name not in row or (row[f.name] is None and not f.nullable)]
         if missing:
             raise ValueError(f"shard row {row.get('id')!r}: missing required columns {missing}")
         self._rows.append(row)
@@ -149,6 +153,34 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def split_shards(split: str, writer: ShardWriter) -> list[str]:
+    """The parts ``writer`` wrote, as the manifest lists them: relative to the dataset folder."""
+    return [posixpath.join(split, posixpath.basename(part)) for part in writer.parts]
+
+
+def split_entry(
+    split: str,
+    writer: ShardWriter,
+    domain: str,
+    class_pixels: Any,
+    ignore_pixels: int,
+    labeled: bool = True,
+) -> dict[str, Any]:
+    """The manifest entry of one segmentation split ``writer`` wrote: rows, shards, label statistics.
+
+    ``class_pixels`` (one count per class) and ``ignore_pixels`` are the labels' pixel counts; an
+    unlabeled split (MiniCity's ``target_train``) records no labeled rows and zero counts.
+    """
+    return {
+        "rows": writer.num_rows,
+        "labeled_rows": writer.num_rows if labeled else 0,
+        "domain": domain,
+        "shards": split_shards(split, writer),
+        "class_pixels": [int(c) for c in class_pixels] if labeled else [0] * NUM_CLASSES,
+        "ignore_pixels": int(ignore_pixels) if labeled else 0,
+    }
 
 
 def write_manifest(out: str, manifest: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """Sweeps of ROAD runs on Ray Tune: OptunaSearch (seeded) + ASHA, bounded concurrency, resume.
 
-Train V2 inside Tune (ray-notes): a trial is :func:`run_trial`, an importable function (never
+Train V2 inside Tune (docs/ray.md): a trial is :func:`run_trial`, an importable function (never
 one defined in ``__main__``: ``Tuner.restore`` unpickles it) that builds a ``TorchTrainer``
 with :func:`road_ray.on_ray.train.build_trainer` and ``TuneReportCallback`` and calls
 ``fit()``. Every ``ray.train.report`` of the workers becomes one Tune result (metrics +
@@ -20,17 +20,18 @@ Train run restores its own snapshot and continues from its latest checkpoint.
 The experiment folder ``STORAGE/NAME`` holds Tune's state and trial folders,
 ``train_runs/`` (the Train runs and their checkpoints) and ``road_ray_sweep.json`` (the
 search space and base config the sweep ran with; ``--resume`` uses these, not the YAML).
+
+Only the Ray half is here. What needs no Ray lives in :mod:`road_ray.sweeps`: the record and
+base config built before Ray starts (:mod:`~road_ray.sweeps.record`), one trial's config
+(:func:`road_ray.sweeps.trial.trial_config`, the function every trial and the tests call) and
+the outcome printed at the end (:mod:`~road_ray.sweeps.outcome`).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import posixpath
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,35 +40,18 @@ import ray.tune
 from ray import tune
 
 from road_ray import jsonio
-from road_ray.config import DATA_SPLITS, SMOKE_OVERRIDES, Config, ConfigError, apply_overrides, config_from_dict
+from road_ray.config import Config, config_from_dict
 from road_ray.engine.loop import TrainingDiverged
-from road_ray.engine.resolve import check_shard_folders, resolve_config
 from road_ray.on_ray.train import build_trainer, diverged_marker, init_ray, run_name, run_outcome
 from road_ray.paths import default_storage
-from road_ray.storage import absolute, exists, is_uri, join, read_text, write_text
+from road_ray.storage import absolute, join, read_text, write_text
 from road_ray.sweeps import results
-from road_ray.sweeps.space import (
-    SMOKE_SPACE,
-    SearchSpace,
-    SpaceError,
-    apply_trial_params,
-    load_space,
-    space_from_dict,
-)
+from road_ray.sweeps.outcome import SweepOutcome, sweep_outcome
+from road_ray.sweeps.record import load_for_resume, load_space_for_run, new_experiment_dir, new_record
+from road_ray.sweeps.space import SearchSpace
+from road_ray.sweeps.trial import trial_config
 
 TRIAL_CPUS = 0.1  # the trial function only waits on fit(); the workers get the cores
-PLACEHOLDER = "CHANGE-ME"  # shipped paper spaces point data.* at placeholder URIs
-
-
-@dataclass
-class SweepOutcome:
-    experiment_dir: str
-    table: str
-    best_trial: str | None
-    best_checkpoint: str | None
-    best_value: float | None
-    metric: str
-    unfinished: int = 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -96,30 +80,6 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
         torch_threads=max(1, int(cfg.run.cpus_per_worker)),
     )
     run_outcome(trainer.fit(), storage, name)  # raises TrainingDiverged: the trial is marked ERROR
-
-
-def resolved_points(spec: SearchSpace, unresolved: Config, base: Config, log=print) -> dict[str, Any]:
-    """A study's points with the data paths their own settings resolve to (e.g. the oracle's
-    labelled target split), where those differ from the base's; ``{}`` without points."""
-    if not spec.points:
-        return {}
-    points = {}
-    for name, overrides in spec.points.items():
-        cfg = copy.deepcopy(unresolved)
-        apply_overrides(cfg, overrides)
-        own = resolve_config(cfg, log=log).data
-        paths = {
-            f"data.{k}": getattr(own, k)
-            for k in DATA_SPLITS
-            if f"data.{k}" not in overrides and getattr(own, k) != getattr(base.data, k)
-        }
-        points[name] = {**overrides, **paths}
-    return {"points": points}
-
-
-def trial_config(base: dict[str, Any], params: dict[str, Any], points: dict[str, Any] | None = None) -> Config:
-    """The base config + a study point's overrides (``params["point"]``) + the searched keys."""
-    return apply_trial_params(config_from_dict(base), params, points or {})
 
 
 def train_run_name(trial_id: str, cfg: Config) -> str:
@@ -156,37 +116,13 @@ def run_sweep(
     """
     storage = absolute(storage or default_storage())
     if resume:
-        experiment_dir, sweep, spec = _load_for_resume(storage, name, space, log)
+        experiment_dir, sweep, spec = load_for_resume(storage, name, space, log)
         if num_samples is not None:
             log(f"[tune] note: --num-samples is ignored when resuming (the sweep keeps {spec.num_samples})")
     else:
-        spec = _load_space(space, smoke, num_samples)
-        name = name or f"{Path(spec.path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        experiment_dir = join(storage, name)
-        if exists(join(experiment_dir, results.SWEEP_RECORD)) or exists(join(experiment_dir, "tuner.pkl")):
-            raise ValueError(
-                f"experiment {experiment_dir} already exists: pass --resume to continue it, or another --name"
-            )
-        base = spec.base_config()
-        if smoke and not spec.smoke:
-            apply_overrides(base, SMOKE_OVERRIDES)  # a toy-size run of this space
-            base.validate()
-        _check_placeholders(base, spec.path)
-        unresolved = base
-        base = resolve_config(base, log=log)  # MiniCity + small-backbone pretraining, once, here
-        check_shard_folders(base)
-        space = {**spec.to_dict(), **resolved_points(spec, unresolved, base, log)}  # a study's own data paths
-        sweep = {
-            "space": space,
-            "space_file": spec.path,
-            "base_config": base.to_dict(),
-            "metric": spec.metric,
-            "mode": spec.mode,
-            "searched_keys": spec.searched_keys,
-            "train_storage": join(experiment_dir, results.TRAIN_RUNS),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "created_unix": time.time(),
-        }
+        spec = load_space_for_run(space, smoke, num_samples)
+        experiment_dir = new_experiment_dir(storage, name, spec)
+        sweep = new_record(spec, experiment_dir, smoke=smoke, log=log)
 
     start_ray()
     if sweep["base_config"]["run"]["use_gpu"] is None:
@@ -201,17 +137,30 @@ def run_sweep(
         )
         tuner = tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        concurrency = max_concurrent or spec.max_concurrent or auto_concurrency(config_from_dict(sweep["base_config"]))
-        concurrency = min(concurrency, _trial_count(spec))
-        sweep["machine"] = provenance()
-        write_text(join(experiment_dir, results.SWEEP_RECORD), jsonio.dumps(sweep, indent=2, default=str))
-        log(
-            f"[tune] {spec.path}: {_trial_count(spec)} trials, {concurrency} at a time, metric {spec.metric} ({spec.mode})"
-            f" -> {experiment_dir}"
-        )
-        tuner = build_tuner(spec, sweep, trainable, experiment_dir, concurrency, optuna_storage)
+        tuner = _new_tuner(spec, sweep, trainable, experiment_dir, max_concurrent, optuna_storage, log)
     tuner.fit()  # failed/diverged trials are recorded in the result grid; the sweep goes on
     return sweep_outcome(experiment_dir)
+
+
+def _new_tuner(
+    spec: SearchSpace,
+    sweep: dict[str, Any],
+    trainable: Any,
+    experiment_dir: str,
+    max_concurrent: int | None,
+    optuna_storage: str | None,
+    log,
+) -> tune.Tuner:
+    """The Tuner of a new sweep, once its record (with the machine's provenance) is written."""
+    concurrency = max_concurrent or spec.max_concurrent or auto_concurrency(config_from_dict(sweep["base_config"]))
+    concurrency = min(concurrency, spec.num_trials)
+    sweep["machine"] = provenance()
+    write_text(join(experiment_dir, results.SWEEP_RECORD), jsonio.dumps(sweep, indent=2, default=str))
+    log(
+        f"[tune] {spec.path}: {spec.num_trials} trials, {concurrency} at a time, metric {spec.metric} ({spec.mode})"
+        f" -> {experiment_dir}"
+    )
+    return build_tuner(spec, sweep, trainable, experiment_dir, concurrency, optuna_storage)
 
 
 def start_ray() -> None:
@@ -307,7 +256,7 @@ def optuna_searcher(spec: SearchSpace, study_name: str, optuna_storage: str | No
             space[key] = FloatDistribution(p.low, p.high, log=p.kind == "loguniform")  # type: ignore[arg-type]
     storage = None
     if optuna_storage:
-        # An optuna storage object, not a URL string (ray-notes); the study outlives the sweep.
+        # An optuna storage object, not a URL string (docs/ray.md); the study outlives the sweep.
         path = Path(optuna_storage).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         storage = optuna.storages.RDBStorage(url=f"sqlite:///{path}")
@@ -329,7 +278,7 @@ def scheduler(spec: SearchSpace, base: Config) -> Any:
     from ray.tune.schedulers import ASHAScheduler
 
     max_iters = spec.max_iters(base)
-    max_t = spec.scheduler.max_t or max_iters + 1  # above the last report (ray-notes)
+    max_t = spec.scheduler.max_t or max_iters + 1  # above the last report (docs/ray.md)
     grace = spec.scheduler.grace_period or base.run.eval_every
     return ASHAScheduler(
         time_attr="iter", max_t=max_t, grace_period=min(grace, max_t), reduction_factor=spec.scheduler.reduction_factor
@@ -337,7 +286,7 @@ def scheduler(spec: SearchSpace, base: Config) -> Any:
 
 
 def auto_concurrency(cfg: Config) -> int:
-    """Trials at a time: GPUs // GPUs per trial; on CPU, leave Ray Data room (ray-notes)."""
+    """Trials at a time: GPUs // GPUs per trial; on CPU, leave Ray Data room (docs/ray.md)."""
     resources = ray.cluster_resources()
     use_gpu = cfg.run.use_gpu if cfg.run.use_gpu is not None else resources.get("GPU", 0) > 0
     if use_gpu:
@@ -345,111 +294,3 @@ def auto_concurrency(cfg: Config) -> int:
     per_trial = cfg.run.num_workers * cfg.run.cpus_per_worker + 2 * cfg.data.cpus_per_map_task + TRIAL_CPUS
     # At least ~4 cores per CPU trial: on a small machine two trials only starve each other.
     return max(1, int(resources.get("CPU", 1) // max(per_trial, 4.0)))
-
-
-def sweep_outcome(experiment_dir: str) -> SweepOutcome:
-    exp = results.read_experiment(experiment_dir)
-    table = results.format_table(exp)
-    try:
-        trial, row = results.best_trial(exp)
-        best_id, best_value = trial.trial_id, row.get(exp.metric)
-    except results.ExperimentError:
-        best_id, best_value = None, None
-    try:
-        checkpoint = results.best_checkpoint(experiment_dir)
-    except results.ExperimentError:
-        checkpoint = None
-    unfinished = sum(t.state in ("unfinished", "not started", "error") for t in exp.trials)
-    return SweepOutcome(str(experiment_dir), table, best_id, checkpoint, best_value, exp.metric, unfinished)
-
-
-# ---------------------------------------------------------------------------------------
-# Helpers
-
-
-def _load_space(space: str | None, smoke: bool, num_samples: int | None) -> SearchSpace:
-    spec = load_space(space if space is not None else (SMOKE_SPACE if smoke else None))
-    if smoke and space is not None and num_samples is None:
-        spec.num_samples = min(spec.num_samples, 3)
-    if num_samples is not None:
-        if num_samples < 1:
-            raise SpaceError(f"--num-samples: expected >= 1, got {num_samples}")
-        spec.num_samples = num_samples
-    return spec
-
-
-def _load_for_resume(storage: str, name: str | None, space: str | None, log) -> tuple[str, dict[str, Any], SearchSpace]:
-    if name is None:
-        name = _latest_experiment(storage, Path(space).stem if space else None)
-    experiment_dir = join(storage, name)
-    text = read_text(join(experiment_dir, results.SWEEP_RECORD))
-    if text is None or not exists(join(experiment_dir, "tuner.pkl")):
-        raise ValueError(
-            f"--resume: {experiment_dir} is not a road-ray sweep that can be resumed "
-            f"(no {results.SWEEP_RECORD} or tuner.pkl); start it again under another --name"
-        )
-    sweep = json.loads(text)
-    spec = space_from_dict(sweep["space"], f"{experiment_dir}/{results.SWEEP_RECORD}")
-    if space is not None:
-        log(f"[tune] note: resuming with the search space recorded in {experiment_dir}, not {space}")
-    return experiment_dir, sweep, spec
-
-
-def _latest_experiment(storage: str, stem: str | None) -> str:
-    if is_uri(storage):
-        raise ValueError("--resume with an object-storage --storage needs --name")
-    found = sorted(
-        (p for p in Path(storage).glob(f"{stem or '*'}-*/{results.SWEEP_RECORD}")), key=lambda p: p.stat().st_mtime
-    )
-    if not found:
-        raise ValueError(
-            f"--resume: no sweep to resume under {storage}"
-            + (f" for space {stem}" if stem else "")
-            + "; pass --name NAME"
-        )
-    return found[-1].parent.name
-
-
-def _check_placeholders(cfg: Config, space_path: str) -> None:
-    for key in DATA_SPLITS:
-        value = getattr(cfg.data, key)
-        if PLACEHOLDER in value:
-            raise ConfigError(
-                f"{space_path}: fixed.data.{key} is the placeholder {value!r}: prepare the dataset with "
-                f"`road-ray prepare` and put the shard folder/URI there (see the comments in the file)"
-            )
-
-
-def _trial_count(spec: SearchSpace) -> int:
-    return spec.num_samples * (len(spec.grid_points()) if spec.is_grid else 1)
-
-
-def print_outcome(outcome: SweepOutcome, out=sys.stdout) -> None:
-    """The end of ``tune.py``: the table, the best trial and checkpoint, and what to run next."""
-    print("", file=out)
-    print(
-        f"Trials of {outcome.experiment_dir} (mIoU = target-val mIoU, the oracle; source-val mIoU and "
-        "target entropy (lower is better) need no target labels):",
-        file=out,
-    )
-    print(outcome.table, file=out)
-    storage, name = posixpath.split(outcome.experiment_dir.rstrip("/"))
-    if outcome.unfinished:
-        print(
-            f"\n{outcome.unfinished} trial(s) did not finish; continue with: "
-            f"python tune.py --resume --storage {storage} --name {name}",
-            file=out,
-        )
-    if outcome.best_trial is None:
-        print(f"\nNo trial reported {outcome.metric}; nothing to select.", file=out)
-        return
-    print(
-        f"\nBest trial: {outcome.best_trial} ({outcome.metric} {results.format_value(outcome.best_value, outcome.metric)})",
-        file=out,
-    )
-    print(
-        f"Best checkpoint (highest target-val mIoU, what `road-ray eval --best` evaluates): {outcome.best_checkpoint}",
-        file=out,
-    )
-    print(f"Next: road-ray eval --experiment {outcome.experiment_dir} --best", file=out)
-    print(f"      road-ray report --experiment {outcome.experiment_dir}", file=out)

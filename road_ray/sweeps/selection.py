@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from road_ray.sweeps.metrics import LABEL_FREE_PROXIES, METRIC_DIRECTIONS
 from road_ray.sweeps.results import Experiment, Trial, number
 
-PROXIES = {"source_val_miou": "max", "target_entropy": "min"}
+PROXIES = {proxy: METRIC_DIRECTIONS[proxy] for proxy in LABEL_FREE_PROXIES}  # name -> "max"/"min"
 
 
 def scored_trials(exp: Experiment, complete_only: bool = False) -> list[tuple[Trial, dict[str, Any]]]:

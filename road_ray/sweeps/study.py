@@ -23,8 +23,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from road_ray import jsonio
+from road_ray.sweeps.metrics import LABEL_FREE_PROXIES  # noqa: E402
 from road_ray.sweeps.results import Experiment, display_path, number  # noqa: E402
-from road_ray.sweeps.space import POINT_KEY  # noqa: E402
+from road_ray.sweeps.trial import POINT_KEY  # noqa: E402
 
 IOU_PREFIX = "iou/"
 # Short column titles for the 19 Cityscapes classes (the paper's Table 1 abbreviates them too).
@@ -92,7 +93,7 @@ def study_results(exp: Experiment) -> dict[str, Any]:
         shown = {k: display_path(v) if isinstance(v, str) and "/" in v else v for k, v in overrides.items()}
         entry: dict[str, Any] = {"overrides": shown, "runs": sorted(runs, key=lambda r: str(r["seed"])), "n": len(done)}
         entry["miou"] = mean_std([r["miou"] for r in done])
-        for proxy in ("source_val_miou", "target_entropy"):
+        for proxy in LABEL_FREE_PROXIES:
             entry[proxy] = mean_std([r[proxy] for r in done])
         entry["iou"] = {c: mean_std([r["iou"].get(c) for r in done]) for c in classes}
         out_points[name] = entry

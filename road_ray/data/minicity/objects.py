@@ -1,7 +1,7 @@
 """MiniCity's objects: trees, people, two-wheelers, vehicles, poles with lights and signs.
 
 Each builder places one object in metres on the road plane (``x`` across, ``z`` along the
-street, the near end at ``z``) as planar :class:`~road_ray.data.minicity_scene.Part` s, adds
+street, the near end at ``z``) as planar :class:`~road_ray.data.minicity.scene.Part` s, adds
 it to a :class:`Builder` with its painter's key, and, in sunshine, casts its shadow on the
 road plane. Sizes are real-world sizes (a car is 1.7-1.9 m wide, a person 1.55-1.95 m tall),
 so their image size comes from the camera alone. Far away, details smaller than a pixel
@@ -16,7 +16,7 @@ import math
 import cv2
 import numpy as np
 
-from road_ray.data.minicity_scene import (
+from road_ray.data.minicity.scene import (
     BAR,
     BUS,
     CAR,

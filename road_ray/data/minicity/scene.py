@@ -11,7 +11,7 @@ A scene is a :class:`Camera`, a :class:`Ground` (the road, sidewalks and terrain
 pixel by casting the pixel's ray onto ``Y = 0``) and a list of planar :class:`Part` s already
 sorted in painter's order (far to near). Both render styles draw the same parts, so a scene's
 label map does not depend on its style. The sampling of streets and objects lives in
-:mod:`road_ray.data.minicity_layout`.
+:mod:`road_ray.data.minicity.layout`.
 """
 
 from __future__ import annotations

@@ -13,18 +13,19 @@ image size follows from the camera alone.
 
 Painter's order: layer 0 the far end, layer 1 the back row of buildings, layer 2 what stands
 on the lot lines (front buildings, walls, fences, hedges, park trees), layer 3 the corridor
-between them (road and sidewalk objects); within a layer, far to near.
+between them (road and sidewalk objects, :mod:`road_ray.data.minicity.corridor`); within a
+layer, far to near.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 
 import numpy as np
 
-from road_ray.data.minicity_objects import Builder, bushes, person, pole_with, tree, two_wheeler, vehicle
-from road_ray.data.minicity_scene import (
+from road_ray.data.minicity.corridor import corridor
+from road_ray.data.minicity.objects import Builder, bushes, person, pole_with, tree, two_wheeler, vehicle
+from road_ray.data.minicity.scene import (
     BICYCLE,
     BUILDING,
     BUS,
@@ -98,26 +99,8 @@ def sample_scene(
     """
     camera = sample_camera(rng, height, width, rig)
     b = Builder(rng, camera.cam_height)
-    sunny = rng.random() < 0.6
-    sun = (rng.uniform(math.radians(20), math.radians(60)), rng.uniform(-math.pi, math.pi)) if sunny else None
-    if sun is not None:  # horizontal shadow offset per metre of height (away from the sun)
-        el, az = sun
-        b.sun_dir = (-math.sin(az) / math.tan(el), -math.cos(az) / math.tan(el))
-
-    # lanes, left to right: [parking] [oncoming lanes] [our lanes] [parking]
-    lane_w = rng.uniform(2.9, 3.5)
-    n_fwd, n_back = int(rng.choice([1, 2, 2, 3])), int(rng.choice([0, 1, 1, 2]))
-    park = (rng.random() < 0.4, rng.random() < 0.5)
-    widths = [2.3] * park[0] + [lane_w] * (n_back + n_fwd) + [2.3] * park[1]
-    edges = np.concatenate([[0.0], np.cumsum(widths)])
-    ego = int(park[0]) + n_back + int(rng.integers(n_fwd))
-    edges -= (edges[ego] + edges[ego + 1]) / 2 + rng.uniform(-0.35, 0.35)
-    first, last = int(park[0]), len(widths) - int(park[1])  # driving lanes [first, last)
-    lines: list[tuple[float, bool]] = []
-    for i in range(first + 1, last):
-        lines.append((float(edges[i]), i != first + n_back))
-    if rng.random() < 0.6:
-        lines += [(float(edges[first]) + 0.2, False), (float(edges[last]) - 0.2, False)]
+    sun = _sun(b)
+    edges, first, last, n_back, park, lines = _lanes(rng)
     closing = rng.random() < 0.35
     z_far = min(rng.uniform(70, 170) if closing else rng.uniform(160, 260), max_distance)
     crosswalks: list[tuple[float, float]] = []
@@ -134,7 +117,7 @@ def sample_scene(
         forced = next((c for c in (WALL, FENCE, TERRAIN) if sides_of.get(c) == sign), None)
         sides[sign] = _side(b, sign, edge, verge, walk, lot, style, z_far, crosswalks, forced)
     _back_row_and_far_end(b, lot_lines, z_far, closing)
-    _corridor(b, edges, first, last, n_back, park, sides, z_far, crosswalks)
+    corridor(b, edges, first, last, n_back, park, sides, z_far, crosswalks)
     for cls, sign in sides_of.items():
         if cls in FOCUS_OBJECTS:
             _focus_object(b, cls, sign, camera, edges, first, last, sides)
@@ -142,6 +125,39 @@ def sample_scene(
             b.focus.append([])
     ground = Ground(sides[-1.0], sides[1.0], lines, crosswalks, b.tone())
     return Scene(camera, ground, b.parts(), sun, int(rng.integers(2**31)), b.shadows, b.focus)
+
+
+def _sun(b: Builder) -> tuple[float, float] | None:
+    """Sunshine (60% of scenes): the sun's (elevation, azimuth), and the shadows' direction on ``b``."""
+    rng = b.rng
+    sunny = rng.random() < 0.6
+    sun = (rng.uniform(math.radians(20), math.radians(60)), rng.uniform(-math.pi, math.pi)) if sunny else None
+    if sun is not None:  # horizontal shadow offset per metre of height (away from the sun)
+        el, az = sun
+        b.sun_dir = (-math.sin(az) / math.tan(el), -math.cos(az) / math.tan(el))
+    return sun
+
+
+def _lanes(rng: np.random.Generator) -> tuple[np.ndarray, int, int, int, tuple[bool, bool], list[tuple[float, bool]]]:
+    """The lanes, left to right: [parking] [oncoming lanes] [our lanes] [parking], the camera in one of ours.
+
+    Returns the lane edges (x, metres), the driving lanes ``[first, last)``, the number of
+    oncoming lanes, which sides have a parking lane, and the lane lines (x, dashed).
+    """
+    lane_w = rng.uniform(2.9, 3.5)
+    n_fwd, n_back = int(rng.choice([1, 2, 2, 3])), int(rng.choice([0, 1, 1, 2]))
+    park = (rng.random() < 0.4, rng.random() < 0.5)
+    widths = [2.3] * park[0] + [lane_w] * (n_back + n_fwd) + [2.3] * park[1]
+    edges = np.concatenate([[0.0], np.cumsum(widths)])
+    ego = int(park[0]) + n_back + int(rng.integers(n_fwd))
+    edges -= (edges[ego] + edges[ego + 1]) / 2 + rng.uniform(-0.35, 0.35)
+    first, last = int(park[0]), len(widths) - int(park[1])  # driving lanes [first, last)
+    lines: list[tuple[float, bool]] = []
+    for i in range(first + 1, last):
+        lines.append((float(edges[i]), i != first + n_back))
+    if rng.random() < 0.6:
+        lines += [(float(edges[first]) + 0.2, False), (float(edges[last]) - 0.2, False)]
+    return edges, first, last, n_back, park, lines
 
 
 def _side(b, sign, edge, verge, walk, lot, style, z_far, crosswalks, forced) -> Side:
@@ -254,96 +270,6 @@ def _back_row_and_far_end(b: Builder, lot_lines: dict, z_far: float, closing: bo
                 [Part(DISC, (xc, r * 0.6, zs - 10, r), VEGETATION, M["foliage"], tone) for xc in np.arange(x, x1, r)],
             )
         x = x1
-
-
-def _corridor(b, edges, first, last, n_back, park, sides, z_far, crosswalks) -> None:
-    """Street trees, lamp posts, signs, crossings, pedestrians, traffic, parked and two-wheeled vehicles."""
-    rng = b.rng
-    bounds = {k: s.z_bounds.tolist() for k, s in sides.items()}
-    crossing = {k: s.crossing.tolist() for k, s in sides.items()}
-
-    def in_crossing(sign, z):
-        return crossing[sign][max(bisect.bisect_right(bounds[sign], z) - 1, 0)]
-
-    for sign in (-1.0, 1.0):
-        s = sides[sign]
-        if rng.random() < 0.55:  # street trees
-            x = s.edge + sign * (s.verge / 2 if s.verge > 0.8 else rng.uniform(0.6, 1.0))
-            z, end, step = rng.uniform(-2, 6), min(z_far, 120) * rng.uniform(0.5, 1.0), rng.uniform(8, 14)
-            while z < end:
-                if not in_crossing(sign, z):
-                    tree(b, x, z, 3)
-                z += step * rng.uniform(0.85, 1.15)
-        if rng.random() < 0.7:  # lamp posts
-            z, step = rng.uniform(0, 20), rng.uniform(20, 35)
-            while z < min(z_far * 0.8, 130):
-                if not in_crossing(sign, z):
-                    pole_with(b, s.edge + sign * 0.45, z, sign, "lamp")
-                z += step
-    for _ in range(rng.poisson(2.5)):  # sign posts
-        sign = float(rng.choice([-1.0, 1.0]))
-        z = rng.uniform(3, 70)
-        if not in_crossing(sign, z):
-            pole_with(b, sides[sign].edge + sign * rng.uniform(0.3, 1.0), z, sign, "sign")
-    if rng.random() < 0.25:  # a mid-block crossing with lights
-        z = rng.uniform(12, 45)
-        crosswalks.append((z, z + 3.5))
-        for sign in (-1.0, 1.0):
-            if rng.random() < 0.8:
-                pole_with(b, sides[sign].edge + sign * 0.6, z - 1.0, sign, "light")
-
-    # pedestrians: on the sidewalks, and on the crosswalks
-    for _ in range(rng.poisson(rng.uniform(1.0, 8.0))):
-        sign = float(rng.choice([-1.0, 1.0]))
-        s = sides[sign]
-        x0 = s.edge + sign * (s.verge + rng.uniform(0.3, max(0.4, s.walk - 0.3)))
-        z = rng.uniform(3, 60)
-        for _ in range(1 + (rng.poisson(0.8) if rng.random() < 0.3 else 0)):
-            person(b, x0 + rng.uniform(-0.5, 0.5), z + rng.uniform(-0.8, 0.8))
-    for za, zb in crosswalks:
-        if rng.random() < 0.5:
-            for _ in range(rng.integers(1, 4)):
-                person(b, rng.uniform(edges[first], edges[last]), rng.uniform(za, zb))
-
-    # traffic: lanes right of the centre line go our way, the others come toward us
-    for lane in range(first, last):
-        xc = (edges[lane] + edges[lane + 1]) / 2
-        oncoming = lane < first + n_back
-        z = rng.uniform(10, 45) if abs(xc) < 1.5 else rng.uniform(0, 35)
-        density = rng.uniform(0.0, 0.9)
-        while z < z_far * 0.6:
-            u = rng.random()
-            if u < 0.03:
-                two_wheeler(b, xc + rng.uniform(-0.5, 0.5), z, MOTORCYCLE, rider=True)
-                length = 2.0
-            else:
-                kind = CAR if u < 0.955 else TRUCK if u < 0.98 else BUS
-                length = vehicle(b, kind, xc + rng.uniform(-0.3, 0.3), z, oncoming)
-            z += length + 4 + rng.exponential(10 + 50 * (1 - density))
-    if rng.random() < 0.06:  # a tram in the centre lanes
-        xc = edges[first + n_back] if n_back else (edges[first] + edges[first + 1]) / 2
-        vehicle(b, TRAIN, xc, rng.uniform(10, 50), oncoming=n_back > 0)
-    for i, sign in ((0, -1.0), (1, 1.0)):  # parked cars
-        if park[i]:
-            lane = 0 if sign < 0 else len(edges) - 2
-            xc = (edges[lane] + edges[lane + 1]) / 2
-            z, end = rng.uniform(-2, 15), rng.uniform(20, 90)
-            while z < end:
-                if rng.random() < 0.6 and not in_crossing(sign, z):
-                    z += vehicle(b, TRUCK if rng.random() < 0.02 else CAR, xc + rng.uniform(-0.15, 0.15), z, sign < 0)
-                z += rng.uniform(0.6, 3.0) + (rng.uniform(5, 20) if rng.random() < 0.15 else 0)
-    if rng.random() < 0.45:  # cyclists at the edge of the outer lane
-        for _ in range(rng.integers(1, 3)):
-            motor = rng.random() < 0.2
-            two_wheeler(b, edges[last] - 0.7, rng.uniform(5, 50), MOTORCYCLE if motor else BICYCLE, rider=True)
-    if rng.random() < 0.5:  # parked bicycles / motorcycles on a sidewalk
-        sign = float(rng.choice([-1.0, 1.0]))
-        s = sides[sign]
-        z = rng.uniform(4, 35)
-        for _ in range(rng.integers(2, 9)):
-            cls = MOTORCYCLE if rng.random() < 0.2 else BICYCLE
-            two_wheeler(b, s.edge + sign * (s.verge + rng.uniform(0.4, 1.2)), z, cls, rider=False)
-            z += rng.uniform(0.7, 2.5)
 
 
 def _focus_object(b: Builder, cls: int, sign: float, camera: Camera, edges, first, last, sides) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from road_ray.data.minicity_scene import MATERIALS
+from road_ray.data.minicity.scene import MATERIALS
 
 ColourMode = tuple[float, tuple[float, float], tuple[float, float], tuple[float, float]]
 ANY = (0.0, 360.0)

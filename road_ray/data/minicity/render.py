@@ -1,6 +1,6 @@
 """MiniCity's renderers: one rasterization, two image formations (``docs/minicity.md``, "Domain gap").
 
-:func:`rasterize` turns a :class:`~road_ray.data.minicity_scene.Scene` into an id map (one id
+:func:`rasterize` turns a :class:`~road_ray.data.minicity.scene.Scene` into an id map (one id
 per part, painter's order, no anti-aliasing); the label map is the class of each id, so it is
 exact and identical for both styles. The styles then colour the same ids:
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from road_ray.data.minicity_colours import LAMP_RGB, tone_colours
-from road_ray.data.minicity_scene import (
+from road_ray.data.minicity.colours import LAMP_RGB, tone_colours
+from road_ray.data.minicity.scene import (
     BAR,
     DISC,
     IGNORE,
@@ -298,18 +298,25 @@ def _facade_windows(scene: Scene, raster: Raster, albedo: np.ndarray, mask: np.n
 
 def render_photo(scene: Scene, raster: Raster) -> np.ndarray:
     """Radiance = albedo x texture x light (+ sky), then :func:`camera_pipeline`."""
-    cam, ids = scene.camera, raster.ids
-    h, w = ids.shape
+    h, w = raster.ids.shape
     rng = np.random.default_rng([scene.seed, 1])
-    albedo = part_colours(scene, raster, "photo")[ids]
-    mats = raster.materials[ids]
+    albedo = part_colours(scene, raster, "photo")[raster.ids]
     fine = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 0.6)
     mid, coarse = fractal(rng, h, w, (8, 4, 2)), fractal(rng, h, w, (32, 16, 8))
     tile = fractal(rng, 64, 64, (16, 8, 4, 2))
-    gain = 1 + _FINE[mats] * fine + _MID[mats] * mid
+    albedo, gain = _photo_surfaces(scene, raster, albedo, fine, mid, coarse, tile)
+    _photo_light(scene, raster, gain, rng)
+    img = albedo * gain[..., None]
+    sky = _photo_sky(scene.camera, raster.ids, img, coarse, rng)
+    return camera_pipeline(rng, img, exclude=sky)
 
+
+def _photo_surfaces(scene: Scene, raster: Raster, albedo, fine, mid, coarse, tile) -> tuple[np.ndarray, np.ndarray]:
+    """The materials' texture: (albedo with paint, grass, leaves and windows, gain of the grain)."""
+    ids = raster.ids
+    mats = raster.materials[ids]
+    gain = 1 + _FINE[mats] * fine + _MID[mats] * mid
     # the road plane, textured in world coordinates: asphalt grain and repairs, paving joints, worn paint
-    plane = raster.gz > 0
     wt = _world_texture(tile, raster.gx * 8, raster.gz * 8)
     patches = _world_texture(tile, raster.gx * 0.7 + 17, raster.gz * 0.25)
     near = np.clip(60.0 / np.maximum(raster.gz, 1e-3), 0, 1)
@@ -329,9 +336,14 @@ def render_photo(scene: Scene, raster: Raster) -> np.ndarray:
     if fence.any():
         s, y, depth = _plane_coords(scene, raster, fence, ids[fence] - FIRST_PART_ID)
         bars = (np.mod(s, 0.25) < 0.08) | (np.mod(y, 1.2) < 0.08)
-        gain[fence] *= 0.55 + 0.6 * bars * np.clip(cam.focal * 0.1 / depth, 0, 1)
+        gain[fence] *= 0.55 + 0.6 * bars * np.clip(scene.camera.focal * 0.1 / depth, 0, 1)
+    return albedo, gain
 
-    # light: sun + sky (Lambert) and cast shadows on the road plane; overcast: sky light only
+
+def _photo_light(scene: Scene, raster: Raster, gain: np.ndarray, rng: np.random.Generator) -> None:
+    """Multiply ``gain`` by the light: sun + sky (Lambert) and cast shadows on the road plane;
+    overcast: sky light only."""
+    ids = raster.ids
     normals = np.array([(0, 0, -1)] + [(0, 1, 0)] * 4 + [p.normal for p in scene.parts], np.float32)
     if scene.sun is not None:
         el, az = scene.sun
@@ -342,17 +354,20 @@ def render_photo(scene: Scene, raster: Raster) -> np.ndarray:
         ambient = rng.uniform(0.8, 0.95)
         shade = ambient * (0.72 + 0.28 * normals[:, 1])
     gain *= shade[ids]
-    if scene.shadows and plane.any():
-        mask = np.zeros((h, w), np.float32)
-        for pts in project_polygons(cam, scene.shadows):  # one at a time: overlaps must not cancel
+    if scene.shadows and (raster.gz > 0).any():
+        mask = np.zeros(ids.shape, np.float32)
+        for pts in project_polygons(scene.camera, scene.shadows):  # one at a time: overlaps must not cancel
             if pts is not None:
                 cv2.fillPoly(mask, [pts], 1.0, cv2.LINE_8, _SHIFT)
         # in a cast shadow only the sky lights the ground; contact shadows under vehicles in any light
         dark = max(1.0 - ambient / float(shade[1]), 0.3) if scene.sun is not None else 0.3
         gain *= 1 - dark * cv2.GaussianBlur(mask, (0, 0), 0.8) * ((ids >= 1) & (ids <= 3))
-    img = albedo * gain[..., None]
 
-    # sky: several times brighter than what it lights (it clips), brighter toward the horizon, clouds
+
+def _photo_sky(cam, ids: np.ndarray, img: np.ndarray, coarse: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Paint the sky into ``img``: several times brighter than what it lights (it clips), brighter
+    toward the horizon, with clouds. Returns the sky's mask."""
+    h, w = ids.shape
     sky = ids == SKY_ID
     if sky.any():
         rows = np.clip((np.arange(h, dtype=np.float32)[:, None] - cam.horizon) / max(cam.horizon, 1.0) + 1, 0, 1.2)
@@ -360,7 +375,7 @@ def render_photo(scene: Scene, raster: Raster) -> np.ndarray:
         clouds = np.clip(coarse[sky] * 1.6 + rng.uniform(-0.6, 0.4), 0, 1)[:, None]
         bright = rng.uniform(1.3, 2.2)
         img[sky] = bright * (img[sky] * (0.75 + 0.35 * haze) * (1 - clouds) + clouds * rng.uniform(0.75, 1.0))
-    return camera_pipeline(rng, img, exclude=sky)
+    return sky
 
 
 def camera_pipeline(rng: np.random.Generator, radiance: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:

@@ -1,0 +1,71 @@
+"""The end of a sweep: its table, best trial and best checkpoint, as ``tune.py`` prints them (no Ray here)."""
+
+from __future__ import annotations
+
+import posixpath
+import sys
+from dataclasses import dataclass
+
+from road_ray.sweeps import results
+
+
+@dataclass
+class SweepOutcome:
+    """What ``run_sweep`` returns: the experiment, its table of trials, the best trial (by the
+    sweep's metric) and the best checkpoint (by the oracle mIoU), and how many trials did not finish."""
+
+    experiment_dir: str
+    table: str
+    best_trial: str | None
+    best_checkpoint: str | None
+    best_value: float | None
+    metric: str
+    unfinished: int = 0
+
+
+def sweep_outcome(experiment_dir: str) -> SweepOutcome:
+    """Read the experiment folder (finished or not) into its :class:`SweepOutcome`."""
+    exp = results.read_experiment(experiment_dir)
+    table = results.format_table(exp)
+    try:
+        trial, row = results.best_trial(exp)
+        best_id, best_value = trial.trial_id, row.get(exp.metric)
+    except results.ExperimentError:
+        best_id, best_value = None, None
+    try:
+        checkpoint = results.best_checkpoint(experiment_dir)
+    except results.ExperimentError:
+        checkpoint = None
+    unfinished = sum(t.state in ("unfinished", "not started", "error") for t in exp.trials)
+    return SweepOutcome(str(experiment_dir), table, best_id, checkpoint, best_value, exp.metric, unfinished)
+
+
+def print_outcome(outcome: SweepOutcome, out=sys.stdout) -> None:
+    """The end of ``tune.py``: the table, the best trial and checkpoint, and what to run next."""
+    print("", file=out)
+    print(
+        f"Trials of {outcome.experiment_dir} (mIoU = target-val mIoU, the oracle; source-val mIoU and "
+        "target entropy (lower is better) need no target labels):",
+        file=out,
+    )
+    print(outcome.table, file=out)
+    storage, name = posixpath.split(outcome.experiment_dir.rstrip("/"))
+    if outcome.unfinished:
+        print(
+            f"\n{outcome.unfinished} trial(s) did not finish; continue with: "
+            f"python tune.py --resume --storage {storage} --name {name}",
+            file=out,
+        )
+    if outcome.best_trial is None:
+        print(f"\nNo trial reported {outcome.metric}; nothing to select.", file=out)
+        return
+    print(
+        f"\nBest trial: {outcome.best_trial} ({outcome.metric} {results.format_value(outcome.best_value, outcome.metric)})",
+        file=out,
+    )
+    print(
+        f"Best checkpoint (highest target-val mIoU, what `road-ray eval --best` evaluates): {outcome.best_checkpoint}",
+        file=out,
+    )
+    print(f"Next: road-ray eval --experiment {outcome.experiment_dir} --best", file=out)
+    print(f"      road-ray report --experiment {outcome.experiment_dir}", file=out)
