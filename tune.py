@@ -53,6 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="also keep the Optuna study in this SQLite file (e.g. to inspect it with optuna-dashboard)",
     )
     p.add_argument(
+        "--select",
+        metavar="CRITERION",
+        help="optimise this metric instead of the space's (Optuna's and ASHA's): a label-free validator "
+        "(val/im, val/bnm, val/snd, val/dev, val/entropy, val/mixval; docs/validators.md) or source_val_miou, so "
+        "that the sweep chooses without target labels (add --set data.target_val=none to read none at all)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix a config key for every trial, over the space's fixed: (repeatable), e.g. --set data.target_val=none",
+    )
+    p.add_argument(
         "--max-concurrent",
         type=int,
         help="trials at a time (default: the space's, else GPUs // GPUs per trial, or 1 per ~4 CPU cores)",
@@ -63,13 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from road_ray.config import ConfigError
-    from road_ray.sweeps.space import DEFAULT_SPACE, SMOKE_SPACE, SpaceError, load_space
+    from road_ray.sweeps.record import load_space_for_run
+    from road_ray.sweeps.space import SpaceError
 
     try:
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise ValueError(f"--max-concurrent: expected >= 1, got {args.max_concurrent}")
         if not args.resume:  # a bad space fails in a second, before Ray is even imported
-            load_space(args.space or (SMOKE_SPACE if args.smoke else DEFAULT_SPACE))
+            load_space_for_run(args.space, args.smoke, args.num_samples, args.select, args.set)
         from road_ray.on_ray.tune import run_sweep
         from road_ray.sweeps.outcome import print_outcome
 
@@ -82,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             smoke=args.smoke,
             optuna_storage=args.optuna_storage,
             max_concurrent=args.max_concurrent,
+            select=args.select,
+            overrides=args.set,
         )
     except (SpaceError, ConfigError, ValueError, FileNotFoundError) as e:
         print(f"tune.py: error: {e}", file=sys.stderr)

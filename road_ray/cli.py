@@ -66,7 +66,19 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a checkpoint directory written by road-ray train")
     src.add_argument("--experiment", help="a sweep experiment directory (with --best)")
-    p.add_argument("--best", action="store_true", help="with --experiment: the best trial's best checkpoint")
+    p.add_argument(
+        "--best",
+        action="store_true",
+        help="with --experiment: the final checkpoint of the trial the sweep selects (see --by)",
+    )
+    p.add_argument(
+        "--by",
+        metavar="CRITERION",
+        help="with --best: select by this reported metric's final value instead of the sweep's own: miou (the "
+        "oracle), source_val_miou, a label-free validator (val/im, val/bnm, val/snd, val/dev, val/entropy, "
+        "val/mixval; docs/validators.md), or miou-over-time (the best target-val mIoU of any evaluation: "
+        "test-set selection)",
+    )
     data = p.add_mutually_exclusive_group()
     data.add_argument("--shards", help="a shard folder (one split) to evaluate on")
     data.add_argument("--dataset", help="cityscapes | gta5 | synthia | minicity (raw layout under --root)")

@@ -50,6 +50,9 @@ _GRID_RE = re.compile(r"^([1-9][0-9]*)x([1-9][0-9]*)$")
 TRAIN_SPLITS: tuple[str, ...] = ("source", "target")
 VAL_SPLITS: tuple[str, ...] = ("target_val", "source_val")
 DATA_SPLITS: tuple[str, ...] = TRAIN_SPLITS + VAL_SPLITS
+# A validation split left out on purpose: ``data.target_val=none`` is a run without target labels,
+# as a user adapting to their own unlabelled domain has it (the oracle mIoU is then not computed).
+NO_SPLIT = "none"
 # What the label-free validators evaluate on besides source-val: the first images of the
 # unlabelled target *train* split (never target-val, whose labels are the oracle's).
 VALIDATOR_SPLIT = "target_train"
@@ -124,6 +127,12 @@ class DataConfig:
     # a 600-image split would otherwise pay every ~1 s of crops. 0: one pass per execution.
     min_rows_per_execution: int = 8192
     max_val_images: int = 0  # 0 = the whole split
+
+    def split(self, key: str) -> str | None:
+        """The shard folder of split ``key`` (a DATA_SPLITS name), or None when it is not configured:
+        empty (before the MiniCity defaults are filled in) or ``"none"`` (left out on purpose)."""
+        value = getattr(self, key)
+        return None if value in ("", NO_SPLIT) else value
 
 
 @dataclass
@@ -237,6 +246,9 @@ class Config:
         for key, value in [("road.lambda_dist", self.road.lambda_dist), ("road.lambda_spt", self.road.lambda_spt)]:
             if value < 0:
                 raise ConfigError(f"{key}: expected a value >= 0, got {value}")
+        for key in TRAIN_SPLITS:
+            if getattr(self.data, key) == NO_SPLIT:
+                raise ConfigError(f"data.{key}: a training split cannot be {NO_SPLIT!r} (only target_val, source_val)")
         if self.data.min_rows_per_execution < 0:
             raise ConfigError(f"data.min_rows_per_execution: expected >= 0, got {self.data.min_rows_per_execution}")
         if self.data.crop_size < 16:
@@ -351,18 +363,20 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+def parse_overrides(texts: list[str]) -> dict[str, Any]:
+    """``["road.lambda_dist=0.1", ...]`` (``--set``) as ``{"road.lambda_dist": 0.1}``, values parsed as YAML."""
+    items: dict[str, Any] = {}
+    for text in texts:
+        if "=" not in text:
+            raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. road.lambda_dist=0.1")
+        key, value = text.split("=", 1)
+        items[key.strip()] = _parse_scalar(value.strip())
+    return items
+
+
 def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
     """Apply dotted overrides: ``["road.lambda_dist=0.1", ...]`` or ``{"road.lambda_dist": 0.1}``."""
-    items: list[tuple[str, Any]]
-    if isinstance(overrides, dict):
-        items = list(overrides.items())
-    else:
-        items = []
-        for text in overrides:
-            if "=" not in text:
-                raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. road.lambda_dist=0.1")
-            key, value = text.split("=", 1)
-            items.append((key.strip(), _parse_scalar(value.strip())))
+    items = list((overrides if isinstance(overrides, dict) else parse_overrides(overrides)).items())
     for key, value in items:
         parts = key.split(".")
         nested: Any = value

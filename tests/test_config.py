@@ -103,3 +103,10 @@ def test_smoke_sizes_then_the_users_overrides():
 
     cfg = load_config(overrides=["optim.max_iters=9"], smoke=True)
     assert cfg.optim.max_iters == 9 and cfg.data.crop_size == SMOKE_OVERRIDES["data.crop_size"]
+
+
+def test_a_validation_split_can_be_left_out_but_not_a_training_split():
+    cfg = load_config(overrides=["data.target_val=none"])
+    assert cfg.data.split("target_val") is None and cfg.data.split("source_val") is None  # "" = not set yet
+    with pytest.raises(ConfigError, match="data.source: a training split cannot be 'none'"):
+        load_config(overrides=["data.source=none"])

@@ -115,6 +115,23 @@ def test_best_checkpoint_picks_highest_miou(tmp_path):
     assert Path(best_checkpoint(path, metric="target_entropy")).name == "checkpoint_0000030"
 
 
+def test_select_checkpoint_takes_the_final_checkpoint_of_the_trial_best_by_a_criterion(tmp_path):
+    path = make_experiment(tmp_path)
+    # By the sweep's metric (miou): the best *final* value is aaa00002's 30.0 (its 31.5 at iter
+    # 20 is not final), and the checkpoint is that trial's last one, not its best.
+    assert Path(results.select_checkpoint(path)).name == "checkpoint_0000030"
+    assert "aaa00002" in results.select_checkpoint(path)
+    # Test-set selection over time is the old behaviour, under its own name.
+    assert Path(results.select_checkpoint(path, by=results.OVER_TIME)).name == "checkpoint_0000020"
+    # A label-free criterion: lowest final target entropy = most reports (1/3); ties go to the first.
+    by_entropy = results.select_checkpoint(path, by="target_entropy")
+    assert Path(by_entropy).name == "checkpoint_0000030" and "aaa00003" not in by_entropy
+    with pytest.raises(ExperimentError, match="not a metric trials report"):
+        results.select_checkpoint(path, by="accuracy")
+    with pytest.raises(ExperimentError, match="no trial reported 'val/im'"):
+        results.select_checkpoint(path, by="val/im")
+
+
 def test_best_checkpoint_skips_deleted_and_follows_moved_experiments(tmp_path):
     path = make_experiment(tmp_path / "a")
     best = Path(best_checkpoint(path))

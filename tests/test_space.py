@@ -372,3 +372,16 @@ def test_metric_directions_are_one_table():
         assert space_from_dict(minimal(metric=metric)).mode == direction
         other = "min" if direction == "max" else "max"
         expect_error(minimal(metric=metric, mode=other), "mode", f"use mode: {direction}")
+
+
+def test_select_and_set_change_what_a_sweep_optimises_and_fixes():
+    from road_ray.sweeps.record import load_space_for_run
+
+    spec = load_space_for_run("minicity", False, None, select="val/im", overrides=["data.target_val=none"])
+    assert (spec.metric, spec.mode) == ("val/im", "max") and spec.fixed["data.target_val"] == "none"
+    assert spec.base_config().data.split("target_val") is None
+    assert load_space_for_run("minicity", False, None, select="val/dev").mode == "min"
+    with pytest.raises(SpaceError, match="--select 'accuracy'"):
+        load_space_for_run("minicity", False, None, select="accuracy")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_space_for_run("minicity", False, None, overrides=["data.nope=1"])

@@ -101,9 +101,9 @@ def resolve_checkpoint(args: argparse.Namespace) -> str:
         return args.checkpoint
     if not args.best:
         raise ValueError("--experiment needs --best (evaluate the best trial's checkpoint)")
-    from road_ray.sweeps.results import best_checkpoint
+    from road_ray.sweeps.results import select_checkpoint
 
-    return best_checkpoint(args.experiment)
+    return select_checkpoint(args.experiment, by=args.by)
 
 
 def resolve_shards(args: argparse.Namespace, cfg: Any, tmp: str) -> str:

@@ -72,7 +72,7 @@ def check_shard_folders(cfg: Config) -> None:
     from road_ray.data.shards import list_shard_files
 
     for key in DATA_SPLITS:
-        path = getattr(cfg.data, key)
+        path = cfg.data.split(key)
         if path:
             try:
                 list_shard_files(path)

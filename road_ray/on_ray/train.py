@@ -212,7 +212,7 @@ def build_trainer(
     }
     val_splits = []
     for key in VAL_SPLITS:
-        path = getattr(cfg.data, key)
+        path = cfg.data.split(key)
         if path:
             datasets[key] = val_stream(path, cfg.data, max_images=cfg.data.max_val_images)
             val_splits.append(key)

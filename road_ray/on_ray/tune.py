@@ -107,6 +107,8 @@ def run_sweep(
     smoke: bool = False,
     optuna_storage: str | None = None,
     max_concurrent: int | None = None,
+    select: str | None = None,
+    overrides: list[str] | None = None,
     log=print,
 ) -> SweepOutcome:
     """Run (or resume) a sweep to the end and return its table and best checkpoint.
@@ -120,7 +122,7 @@ def run_sweep(
         if num_samples is not None:
             log(f"[tune] note: --num-samples is ignored when resuming (the sweep keeps {spec.num_samples})")
     else:
-        spec = load_space_for_run(space, smoke, num_samples)
+        spec = load_space_for_run(space, smoke, num_samples, select, overrides)
         experiment_dir = new_experiment_dir(storage, name, spec)
         sweep = new_record(spec, experiment_dir, smoke=smoke, log=log)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from road_ray.engine.validators import VALIDATORS
+
 Direction = Literal["max", "min"]
 
 # What every evaluation reports, by name.
@@ -23,16 +25,21 @@ EVALUATION_METRICS: dict[str, Direction] = {
     "best_miou": "max",
 }
 
-# The one table of directions. More label-free validators join it here, and only here: e.g.
-# ``{**EVALUATION_METRICS, **VALIDATORS}`` with ``VALIDATORS`` (name -> "max"/"min") imported
-# from road_ray/engine/validators.py once that module exists.
-METRIC_DIRECTIONS: dict[str, Direction] = {**EVALUATION_METRICS}
+# The one table of directions: the evaluation's own metrics and the label-free validators
+# (``val/*``, road_ray/engine/validators.py; docs/validators.md).
+METRIC_DIRECTIONS: dict[str, Direction] = {**EVALUATION_METRICS, **VALIDATORS}
 
 # Families of metrics, by prefix: per-class IoU (higher is better) and loss terms (lower).
 PREFIX_DIRECTIONS: dict[str, Direction] = {"iou/": "max", "loss/": "min"}
 
-# The metrics that need no target labels, shown beside the oracle to select a trial by.
-LABEL_FREE_PROXIES: tuple[str, ...] = ("source_val_miou", "target_entropy")
+# The metrics that need no target labels, shown beside the oracle to select a trial by. The
+# target-val entropy is kept for comparison with earlier sweeps; val/entropy is its counterpart
+# on target-train images, which a user without target labels can compute on their own domain.
+LABEL_FREE_PROXIES: tuple[str, ...] = (
+    "source_val_miou",
+    "target_entropy",
+    *(k for k in VALIDATORS if k != "source_val_miou"),
+)
 
 
 def metric_direction(metric: str) -> Direction | None:

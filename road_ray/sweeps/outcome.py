@@ -11,8 +11,9 @@ from road_ray.sweeps import results
 
 @dataclass
 class SweepOutcome:
-    """What ``run_sweep`` returns: the experiment, its table of trials, the best trial (by the
-    sweep's metric) and the best checkpoint (by the oracle mIoU), and how many trials did not finish."""
+    """What ``run_sweep`` returns: the experiment, its table of trials, the best trial by the
+    sweep's metric and its final checkpoint, how many trials did not finish, and — when trials
+    were scored on target val — the oracle's pick beside it (trial, its mIoU, the pick's mIoU)."""
 
     experiment_dir: str
     table: str
@@ -21,6 +22,7 @@ class SweepOutcome:
     best_value: float | None
     metric: str
     unfinished: int = 0
+    oracle_pick: tuple[str, float, float | None] | None = None
 
 
 def sweep_outcome(experiment_dir: str) -> SweepOutcome:
@@ -33,11 +35,23 @@ def sweep_outcome(experiment_dir: str) -> SweepOutcome:
     except results.ExperimentError:
         best_id, best_value = None, None
     try:
-        checkpoint = results.best_checkpoint(experiment_dir)
+        checkpoint = results.select_checkpoint(experiment_dir)
     except results.ExperimentError:
         checkpoint = None
     unfinished = sum(t.state in ("unfinished", "not started", "error") for t in exp.trials)
-    return SweepOutcome(str(experiment_dir), table, best_id, checkpoint, best_value, exp.metric, unfinished)
+    oracle_pick = _oracle_pick(exp, best_id)
+    return SweepOutcome(
+        str(experiment_dir), table, best_id, checkpoint, best_value, exp.metric, unfinished, oracle_pick
+    )
+
+
+def _oracle_pick(exp: results.Experiment, selected: str | None) -> tuple[str, float, float | None] | None:
+    """(trial, its final miou, the selected trial's final miou) when the sweep has target-val scores."""
+    scored = [(t.trial_id, v) for t in exp.trials if (v := t.value("miou")) is not None]
+    if not scored:
+        return None
+    trial, value = max(scored, key=lambda tv: tv[1])
+    return trial, value, dict(scored).get(selected)
 
 
 def print_outcome(outcome: SweepOutcome, out=sys.stdout) -> None:
@@ -64,8 +78,15 @@ def print_outcome(outcome: SweepOutcome, out=sys.stdout) -> None:
         file=out,
     )
     print(
-        f"Best checkpoint (highest target-val mIoU, what `road-ray eval --best` evaluates): {outcome.best_checkpoint}",
+        f"Its final checkpoint (what `road-ray eval --best` evaluates): {outcome.best_checkpoint}",
         file=out,
     )
+    if outcome.metric != "miou" and outcome.oracle_pick is not None:
+        trial, value, selected_miou = outcome.oracle_pick
+        print(
+            f"Beside it, the oracle's pick (highest final target-val mIoU): {trial} (miou {value:.2f}); "
+            f"the {outcome.metric} pick has miou {results.format_value(selected_miou, 'miou')}",
+            file=out,
+        )
     print(f"Next: road-ray eval --experiment {outcome.experiment_dir} --best", file=out)
     print(f"      road-ray report --experiment {outcome.experiment_dir}", file=out)

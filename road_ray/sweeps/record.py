@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from road_ray.config import DATA_SPLITS, Config, ConfigError, apply_overrides
+from road_ray.config import DATA_SPLITS, Config, ConfigError, apply_overrides, parse_overrides
 from road_ray.engine.resolve import check_shard_folders, resolve_config
 from road_ray.storage import exists, is_uri, join, read_text
 from road_ray.sweeps import results
+from road_ray.sweeps.metrics import metric_direction
+from road_ray.sweeps.results import CRITERIA
 from road_ray.sweeps.space import SMOKE_SPACE, SearchSpace, SpaceError, load_space, space_from_dict
 
 PLACEHOLDER = "CHANGE-ME"  # shipped paper spaces point data.* at placeholder URIs
@@ -73,10 +75,28 @@ def resolved_points(spec: SearchSpace, unresolved: Config, base: Config, log=pri
     return {"points": points}
 
 
-def load_space_for_run(space: str | None, smoke: bool, num_samples: int | None) -> SearchSpace:
+def load_space_for_run(
+    space: str | None,
+    smoke: bool,
+    num_samples: int | None,
+    select: str | None = None,
+    overrides: list[str] | None = None,
+) -> SearchSpace:
     """The space of a new sweep: ``space`` (default: the MiniCity space, or the smoke space with
-    ``smoke``); ``--smoke`` on a given space runs at most 3 trials, ``num_samples`` overrides."""
+    ``smoke``); ``--smoke`` on a given space runs at most 3 trials, ``num_samples`` overrides;
+    ``select``: the metric Optuna and ASHA optimise instead of the space's (e.g. a label-free
+    validator, so that a sweep needs no target labels at all); ``overrides`` (``KEY=VALUE``, as
+    ``--set``) join the space's ``fixed:``."""
     spec = load_space(space if space is not None else (SMOKE_SPACE if smoke else None))
+    if overrides:
+        fixed = parse_overrides(overrides)
+        apply_overrides(spec.base_config(smoke=smoke), fixed)  # an unknown key or a bad value fails here
+        spec.fixed.update(fixed)
+    if select is not None:
+        direction = metric_direction(select)
+        if direction is None:
+            raise SpaceError(f"--select {select!r}: not a metric trials report; e.g. {', '.join(CRITERIA[:-1])}")
+        spec.metric, spec.mode = select, direction
     if smoke and space is not None and num_samples is None:
         spec.num_samples = min(spec.num_samples, 3)
     if num_samples is not None:

@@ -23,7 +23,13 @@ from road_ray.sweeps.experiment import (
     number,
     read_experiment,
 )
-from road_ray.sweeps.metrics import natural_mode
+from road_ray.sweeps.metrics import LABEL_FREE_PROXIES, is_reported, natural_mode
+
+# What --by / --select accept by name (any reported metric works): the oracle, the label-free ones.
+# ``miou-over-time``: the best target-val mIoU of any evaluation of any trial; it selects on the
+# test labels (target val), so it is labelled test-set selection.
+OVER_TIME = "miou-over-time"
+CRITERIA: tuple[str, ...] = ("miou", *LABEL_FREE_PROXIES, OVER_TIME)
 
 __all__ = [
     "SWEEP_RECORD",
@@ -78,8 +84,37 @@ def best_trial(exp: Experiment, metric: str | None = None, mode: str | None = No
     return max(scored, key=lambda tr: sign * number(tr[1][metric]))  # type: ignore[operator]
 
 
+def select_checkpoint(experiment_dir: str | Path, by: str | None = None) -> str:
+    """The checkpoint a sweep selects ``by`` a criterion (default: the sweep's own metric).
+
+    A criterion is a reported metric (``miou``, ``source_val_miou``, a ``val/*`` validator, ...):
+    the trial whose *final* report is best by it, and that trial's final checkpoint — what a user
+    without target labels can choose. ``miou-over-time`` is test-set selection: the best target-val
+    mIoU over every evaluation of every trial (:func:`best_checkpoint`).
+    """
+    if by == OVER_TIME:
+        return best_checkpoint(experiment_dir, metric="miou")
+    exp = read_experiment(experiment_dir)
+    metric = by or exp.metric
+    if not is_reported(metric):
+        raise ExperimentError(f"--by {metric!r}: not a metric trials report; expected one of {', '.join(CRITERIA)}")
+    sign = 1 if natural_mode(metric) == "max" else -1
+    ranked = sorted(
+        ((v, t) for t in exp.trials if (v := t.value(metric)) is not None), key=lambda vt: sign * vt[0], reverse=True
+    )
+    if not ranked:
+        raise ExperimentError(f"{exp.uri or exp.path}: no trial reported {metric!r}; nothing to select")
+    for _, trial in ranked:
+        final = next((r["checkpoint_path"] for r in reversed(trial.rows) if r.get("checkpoint_path")), None)
+        found = final and locate_checkpoint(exp, final)
+        if found:
+            return found
+    raise ExperimentError(f"{exp.uri or exp.path}: the trials ranked by {metric!r} have no checkpoint left")
+
+
 def best_checkpoint(experiment_dir: str | Path, metric: str = "miou", mode: str | None = None) -> str:
-    """The checkpoint of the report with the best ``metric`` (default: highest ``miou``) over all trials.
+    """The checkpoint of the report with the best ``metric`` (default: highest ``miou``) over all
+    trials and all their evaluations (with ``miou``: test-set selection, ``OVER_TIME``).
 
     When no report carries ``miou`` (a sweep without target labels), the sweep's own metric
     (e.g. ``target_entropy``, lowest) is used. ``mode`` defaults to the metric's direction.
