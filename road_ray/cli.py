@@ -72,7 +72,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--dataset", help="cityscapes | gta5 | synthia | minicity (raw layout under --root)")
     p.add_argument("--root", help="dataset root for --dataset")
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
-    p.add_argument("--save-predictions", metavar="DIR", help="write labelIds PNGs and colour overlays here")
+    p.add_argument(
+        "--save-predictions", metavar="DIR", help="write labelIds PNGs here (only them: the official evaluator's input)"
+    )
+    p.add_argument("--save-overlays", metavar="DIR", help="write colour overlays here (outside --save-predictions)")
     p.add_argument("--json", metavar="FILE", help="write the scores as JSON")
     p.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the checkpoint's config)")
     p.add_argument("--scale", type=float, help="whole-image inference scale (default: the checkpoint's config)")
