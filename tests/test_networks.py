@@ -210,3 +210,13 @@ def test_freeze_bn_follows_the_config(arch, backbone, freeze, frozen):
     model = build_segmenter(cfg(arch=arch, backbone=backbone, freeze_bn=freeze)).train()
     assert all(m.training != frozen for m in bn_layers(model))
     assert all(p.requires_grad != frozen for m in bn_layers(model) for p in m.parameters())
+
+
+def test_bench_step_reports_the_parameter_count():
+    from road_ray.bench.step import bench
+
+    lines = []
+    result = bench(lines.append, network="deeplabv2-small", ray=False, repeats=1, warmup=0, crop=16, batch=1)
+    expected = count(build_segmenter(cfg(arch="deeplabv2", backbone="small")).parameters())
+    assert result["settings"]["parameters"] == expected
+    assert any(f"{expected:,} parameters" in line for line in lines)
