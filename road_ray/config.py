@@ -63,7 +63,8 @@ class ModelConfig:
     teacher_layer: str = "layer4"
     # "auto": torchvision's ImageNet weights (real backbones) or the MiniCity-pretrained
     # small backbone (cached by content); "none": random init; otherwise a path to a
-    # state dict of the backbone.
+    # state dict (backbone, torchvision model or Segmenter) or to a file written by
+    # road-ray import-weights from the field's DeepLab-v2 weights (road_ray/models/weights.py).
     pretrained: str = "auto"
     # Distillation toward a random teacher is meaningless; refuse it unless asked for.
     allow_untrained_teacher: bool = False
