@@ -58,10 +58,15 @@ def field_keys(depth: int, classifiers: dict[str, int], classes: int) -> list[tu
     return keys
 
 
-def field_state(keys, seed: int = 0, prefix: str = "") -> dict[str, torch.Tensor]:
+def field_state(keys, seed: int = 0, prefix: str = "", random: bool = True) -> dict[str, torch.Tensor]:
+    """Tensors of ``keys``: random (a network to run) or, cheaper, each filled with its own index
+    (enough to tell where every tensor landed)."""
     g = torch.Generator().manual_seed(seed)
     state = {}
-    for key, shape in keys:
+    for index, (key, shape) in enumerate(keys):
+        if not random:
+            state[prefix + key] = torch.full(shape, float(index))
+            continue
         t = torch.randn(shape, generator=g)
         if key.endswith("running_var"):
             t = t.abs() + 0.5
@@ -176,7 +181,7 @@ CASES = {
 def test_every_tensor_lands_where_it_should(case):
     origin, prefix, classifiers, classes, main_name = CASES[case]
     keys = field_keys(101, classifiers, classes)
-    state = field_state(keys, prefix=prefix)
+    state = field_state(keys, prefix=prefix, random=False)
     imported = convert_field_state(state, num_classes=19, origin=origin)
     assert imported.depth == 101 and imported.origin == case.split("-single")[0].split("-multi")[0]
     expected = {}
@@ -198,14 +203,14 @@ def test_every_tensor_lands_where_it_should(case):
 
 
 def test_resnet50_layout_and_the_kept_21_class_classifier():
-    state = field_state(field_keys(50, {"layer5": 2048}, 21), prefix="Scale.")
+    state = field_state(field_keys(50, {"layer5": 2048}, 21), prefix="Scale.", random=False)
     imported = convert_field_state(state, num_classes=21)
     assert imported.depth == 50 and imported.num_classes == 21
     assert torch.equal(imported.state_dict["head.branches.3.weight"], state["Scale.layer5.conv2d_list.3.weight"])
 
 
 def test_unknown_layouts_are_one_line_errors_listing_the_keys():
-    state = field_state(field_keys(50, {"layer6": 2048}, 19))
+    state = field_state(field_keys(50, {"layer6": 2048}, 19), random=False)
     state["layer7.conv2d_list.0.weight"] = torch.zeros(1)
     state["fc.weight"] = torch.zeros(1)
     with pytest.raises(
@@ -213,7 +218,7 @@ def test_unknown_layouts_are_one_line_errors_listing_the_keys():
     ) as e:
         convert_field_state(state, 19, source="x.pth")
     assert "\n" not in str(e.value)
-    multi = field_state(field_keys(50, {"layer5": 1024, "layer6": 2048}, 19))
+    multi = field_state(field_keys(50, {"layer5": 1024, "layer6": 2048}, 19), random=False)
     with pytest.raises(ValueError, match=r"--from adaptsegnet or --from advent"):
         convert_field_state(multi, 19)  # the same layout in both projects: the origin decides
     del multi["layer2.0.conv1.weight"]
@@ -223,7 +228,7 @@ def test_unknown_layouts_are_one_line_errors_listing_the_keys():
 
 def test_field_files_are_refused_as_pretrained_with_the_command(tmp_path):
     path = tmp_path / "DeepLab_resnet_pretrained_init.pth"
-    torch.save(field_state(field_keys(50, {"layer5": 2048}, 21), prefix="Scale."), path)
+    torch.save(field_state(field_keys(50, {"layer5": 2048}, 21), prefix="Scale.", random=False), path)
     with pytest.raises(
         ValueError, match=r"DeepLab-v2 init file.*road-ray import-weights .*DeepLab_resnet_pretrained_init\.pth"
     ):
@@ -279,7 +284,7 @@ def test_init_file_backbone_matches_and_the_teacher_is_caffe_style(tmp_path, cap
 
 def test_imported_file_refuses_the_torchvision_geometry(tmp_path):
     src, out = tmp_path / "advent.pth", tmp_path / "advent.pt"
-    torch.save(field_state(field_keys(50, {"layer6": 2048}, 19)), src)
+    torch.save(field_state(field_keys(50, {"layer6": 2048}, 19), random=False), src)
     import_weights(str(src), str(out))
     with pytest.raises(ValueError, match=r"model\.resnet_style.*caffe-style.*model\.resnet_style=caffe"):
         build_segmenter(ModelConfig(backbone="resnet50", pretrained=str(out), resnet_style="torchvision"))
