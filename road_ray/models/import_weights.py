@@ -112,40 +112,34 @@ def _classifiers(state: dict[str, Tensor], source: str) -> dict[str, dict[str, T
     return found
 
 
+# Classifier layouts (name -> input channels) and the projects that write them.
+_LAYOUTS: list[tuple[dict[str, int], str, tuple[str, ...]]] = [
+    ({"layer6": 2048}, "ADVENT's single-level layout (layer6)", ("advent",)),
+    ({"layer5": 1024, "layer6": 2048}, "the multi-level layout of AdaptSegNet and ADVENT", ("adaptsegnet", "advent")),
+    (
+        {"layer5": 2048},
+        "the single-level layout of AdaptSegNet / DeepLab-v2 (layer5)",
+        ("adaptsegnet", "deeplabv2-init"),
+    ),
+]
+
+
 def _resolve_origin(origin: str, scaled: bool, inputs: dict[str, int], source: str) -> str:
     """Which project wrote the file, from its layout and ``origin`` (checked against each other)."""
+    if not inputs and not scaled:
+        return "deeplabv2-init" if origin == "auto" else origin  # backbone only: the origin changes nothing
     if scaled:
         layout, allowed = "the DeepLab-v2 init layout (Scale.*)", ("deeplabv2-init",)
-    elif inputs == {"layer6": 2048}:
-        layout, allowed = "ADVENT's single-level layout (layer6)", ("advent",)
-    elif inputs == {"layer5": 1024, "layer6": 2048}:
-        layout, allowed = (
-            "the multi-level layout of AdaptSegNet and ADVENT (layer5 on layer3, layer6)",
-            (
-                "adaptsegnet",
-                "advent",
-            ),
-        )
-    elif inputs == {"layer5": 2048}:
-        layout, allowed = (
-            "the single-level layout of AdaptSegNet / DeepLab-v2 (layer5)",
-            (
-                "adaptsegnet",
-                "deeplabv2-init",
-            ),
-        )
-    elif not inputs:
-        return "deeplabv2-init" if origin == "auto" else origin  # backbone only: the origin changes nothing
     else:
-        raise ValueError(f"{source}: classifiers {inputs} (name: input channels) match no DeepLab-v2 layout")
+        match = [(name, projects) for layout, name, projects in _LAYOUTS if layout == inputs]
+        if not match:
+            raise ValueError(f"{source}: classifiers {inputs} (name: input channels) match no DeepLab-v2 layout")
+        layout, allowed = match[0]
     if origin == "auto" and len(allowed) == 1:
         return allowed[0]
     if origin not in allowed:
-        hint = "adaptsegnet sums only its first two branches" if "adaptsegnet" in allowed else ""
-        raise ValueError(
-            f"{source} is in {layout}: give its origin, --from {' or --from '.join(allowed)}"
-            + (f" ({hint})" if hint and origin == "auto" else f", not {origin!r}")
-        )
+        why = f"not {origin!r}" if origin != "auto" else "adaptsegnet's ASPP sums only its first two branches"
+        raise ValueError(f"{source} is in {layout}: give its origin, --from {' or --from '.join(allowed)} ({why})")
     return origin
 
 
