@@ -84,7 +84,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--dataset", help="cityscapes | gta5 | synthia | minicity (raw layout under --root)")
     p.add_argument("--root", help="dataset root for --dataset")
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
-    p.add_argument("--save-predictions", metavar="DIR", help="write labelIds PNGs and colour overlays here")
+    p.add_argument(
+        "--save-predictions", metavar="DIR", help="write labelIds PNGs here (only them: the official evaluator's input)"
+    )
+    p.add_argument("--save-overlays", metavar="DIR", help="write colour overlays here (outside --save-predictions)")
     p.add_argument("--json", metavar="FILE", help="write the scores as JSON")
     p.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the checkpoint's config)")
     p.add_argument("--scale", type=float, help="whole-image inference scale (default: the checkpoint's config)")
@@ -149,18 +152,48 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_bench)
 
 
+def _add_import_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-weights",
+        help="the field's DeepLab-v2 ResNet weights -> a file model.pretrained loads",
+        description="Convert the DeepLab-v2 init file (DeepLab_resnet_pretrained_init, keys Scale.*) or an "
+        "AdaptSegNet / ADVENT DeepLab-v2 checkpoint (single- or multi-level) into a road-ray weights file for the "
+        "Caffe-style DeepLab-v2 ResNet (model.resnet_style=caffe). Layouts: road_ray/models/import_weights.py.",
+    )
+    p.add_argument("file", help="the .pth file in the field's layout")
+    p.add_argument("--out", required=True, help="the road-ray weights file to write")
+    p.add_argument(
+        "--from",
+        dest="origin",
+        default="auto",
+        choices=["auto", "deeplabv2-init", "adaptsegnet", "advent"],
+        help="which project wrote the file (needed where layouts coincide; adaptsegnet sums two ASPP branches)",
+    )
+    p.add_argument("--num-classes", type=int, default=19, help="keep the classifier if it has this many classes")
+    p.set_defaults(run=cmd_import_weights)
+
+
+def cmd_import_weights(args: argparse.Namespace) -> None:
+    from road_ray.models.import_weights import import_from_cli
+
+    import_from_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="road-ray",
         description="ROAD (Reality Oriented ADaptation) for synthetic-to-real semantic segmentation, on Ray.",
         epilog=EPILOG,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{prepare,train,eval,report,bench}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{prepare,train,eval,report,bench,import-weights}"
+    )
     _add_prepare(sub)
     _add_train(sub)
     _add_eval(sub)
     _add_report(sub)
     _add_bench(sub)
+    _add_import_weights(sub)
     return parser
 
 

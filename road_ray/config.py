@@ -38,6 +38,9 @@ DISTILLATION_DOMAIN: dict[str, Literal["source", "target"]] = {
 SPATIAL_MODES: frozenset[str] = frozenset({"spt", "road"})
 Arch = Literal["deeplabv2", "pspnet"]
 BackboneName = Literal["small", "vgg16", "resnet50", "resnet101"]
+# ResNet geometry (road_ray/models/caffe_resnet.py): torchvision's, or the Caffe one of DeepLab-v2
+# and of the field's weights; "auto": caffe for model.arch=deeplabv2, torchvision for pspnet.
+ResNetStyle = Literal["auto", "torchvision", "caffe"]
 LabelSpace = Literal["cityscapes19", "synthia16"]
 EvalMode = Literal["whole", "slide"]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -86,12 +89,19 @@ class ModelConfig:
     teacher_layer: str = "layer4"
     # "auto": torchvision's ImageNet weights (real backbones) or the MiniCity-pretrained
     # small backbone (cached by content); "none": random init; otherwise a path to a
-    # state dict of the backbone.
+    # state dict (backbone, torchvision model or Segmenter) or to a file written by
+    # road-ray import-weights from the field's DeepLab-v2 weights (road_ray/models/weights.py).
     pretrained: str = "auto"
     # Distillation toward a random teacher is meaningless; refuse it unless asked for.
     allow_untrained_teacher: bool = False
     # Output stride of the dilated backbones (DeepLab-v2 / PSPNet use 8).
     output_stride: int = 8
+    # ResNet geometry (ResNetStyle above). The Caffe style takes the field's DeepLab-v2 weights
+    # (road-ray import-weights) and converts its ImageNet-normalised RGB input to Caffe's BGR.
+    resnet_style: ResNetStyle = "auto"
+    # Frozen BatchNorm in the backbone: affine parameters not trained, running statistics used
+    # (and kept) in train mode too. None: on for DeepLab-v2 ResNets (the field's), off otherwise.
+    freeze_bn: bool | None = None
 
 
 @dataclass
@@ -111,11 +121,15 @@ class DataConfig:
     batch_target: int = 5
     # Every image is first resized by base_scale, then by a random factor in scale_range.
     base_scale: float = 1.0
+    # Per-domain base scales (None: base_scale), e.g. SYNTHIA 1280x760 * 0.8 and Cityscapes
+    # 2048x1024 * 0.5 are both 1024 pixels wide. The source scale applies to the labelled stream.
+    source_base_scale: float | None = None
+    target_base_scale: float | None = None
     scale_min: float = 0.75
     scale_max: float = 1.25
     flip: bool = True
-    # Evaluation: whole-image inference at eval_scale (then upsampled to full size),
-    # or sliding windows of crop_size.
+    # Evaluation at eval_scale (logits upsampled to the label's full size): the whole image,
+    # or sliding windows of crop_size over the image resized by eval_scale.
     eval_mode: EvalMode = "whole"
     eval_scale: float = 1.0
     # Ray Data: CPUs per map task; how many batches to prefetch.
@@ -251,6 +265,14 @@ class Config:
                 raise ConfigError(f"data.{key}: a training split cannot be {NO_SPLIT!r} (only target_val, source_val)")
         if self.data.min_rows_per_execution < 0:
             raise ConfigError(f"data.min_rows_per_execution: expected >= 0, got {self.data.min_rows_per_execution}")
+        for key in ("base_scale", "source_base_scale", "target_base_scale", "eval_scale"):
+            value = getattr(self.data, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"data.{key}: expected a scale > 0, got {value}")
+        if self.model.resnet_style == "caffe" and not self.model.backbone.startswith("resnet"):
+            raise ConfigError(
+                f"model.resnet_style: 'caffe' is a ResNet geometry, but model.backbone is {self.model.backbone!r}"
+            )
         if self.data.crop_size < 16:
             raise ConfigError(f"data.crop_size: expected >= 16, got {self.data.crop_size}")
         if not 0 < self.data.scale_min <= self.data.scale_max:

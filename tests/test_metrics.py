@@ -76,7 +76,9 @@ def test_synthia16_gives_miou16_and_miou13_from_the_same_matrix():
     for c in range(19):
         m[c, c] = int(rng.integers(1, 10))
         m[c, (c + 1) % 19] = int(rng.integers(0, 5))
-    iou = iou_per_class(m)
+    field = m.clone()
+    field[[9, 14, 16]] = 0  # the field's convention: terrain, truck, train ground truth ignored
+    iou = iou_per_class(field)
     s = segmentation_scores(m, get_label_space("synthia16"))
     assert s["label_space"] == "synthia16"
     assert s["miou16"] == pytest.approx(100 * np.mean(iou[list(SYNTHIA16_TRAINIDS)]))
@@ -85,6 +87,33 @@ def test_synthia16_gives_miou16_and_miou13_from_the_same_matrix():
     assert s["miou16"] != pytest.approx(s["miou13"])
     assert set(s["iou"]) == {CLASS_NAMES[i] for i in SYNTHIA16_TRAINIDS}  # terrain, truck, train not scored
     assert "terrain" not in s["iou"]
+
+
+def test_synthia_scores_on_a_hand_built_matrix_ignore_terrain_truck_train_ground_truth():
+    m = np.zeros((19, 19), dtype=np.int64)
+    road, sidewalk, wall, fence, terrain, car, truck, train = 0, 1, 3, 4, 9, 13, 14, 16
+    m[road, road], m[road, terrain] = 6, 2  # a prediction of terrain on road still misses road
+    m[terrain, road] = 4  # ignored ground truth: no false positive for road
+    m[sidewalk, sidewalk], m[sidewalk, road] = 3, 1
+    m[wall, wall], m[wall, fence] = 1, 1
+    m[truck, car] = 5  # ignored ground truth: no false positive for car
+    m[car, car] = 2
+    m[train, train] = 3
+    s = segmentation_scores(m, get_label_space("synthia16"))
+    expected = {"road": 6 / 9, "sidewalk": 3 / 4, "wall": 1 / 2, "fence": 0.0, "car": 2 / 2}
+    for name, value in expected.items():
+        assert s["iou"][name] == pytest.approx(100 * value), name
+    assert s["miou16"] == pytest.approx(100 * np.mean(list(expected.values())))
+    assert s["miou13"] == pytest.approx(100 * np.mean([6 / 9, 3 / 4, 1.0]))  # no wall, fence, pole
+    assert s["miou"] == s["miou16"]
+    assert "terrain, truck and train" in s["convention"]
+    # the 19-class score of the same matrix keeps every ground-truth pixel
+    s19 = segmentation_scores(m, get_label_space("cityscapes19"))
+    assert s19["iou"]["road"] == pytest.approx(100 * 6 / 13) and s19["iou"]["car"] == pytest.approx(100 * 2 / 7)
+    assert "convention" not in s19
+    from road_ray.engine.evaluate_cli import format_table
+
+    assert "convention: SYNTHIA-16: ground-truth terrain, truck and train pixels ignored" in format_table(s)
 
 
 def test_empty_matrix_scores_nan_not_a_crash():

@@ -232,6 +232,9 @@ def test_auto_weights(monkeypatch):
 
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
     with pytest.raises(RuntimeError, match=r"could not fetch.*model\.pretrained=PATH"):
+        build_segmenter(cfg(backbone="resnet50", pretrained="auto", resnet_style="torchvision"))
+    # DeepLab-v2 ResNets are Caffe-style by default: torchvision has no weights for them
+    with pytest.raises(ValueError, match=r"import-weights.*model\.resnet_style=torchvision"):
         build_segmenter(cfg(backbone="resnet50", pretrained="auto"))
 
 
@@ -248,7 +251,8 @@ def test_auto_weights(monkeypatch):
     ],
 )
 def test_freeze_stages_freezes_exactly_stem_and_first_k(backbone, k, frozen_prefixes):
-    model = build_segmenter(cfg(backbone=backbone))
+    # freeze_bn off: DeepLab-v2 ResNets freeze every BatchNorm by default (test_freeze_bn_*)
+    model = build_segmenter(cfg(backbone=backbone, freeze_bn=False))
     model.freeze_stages(k)
     model.train()
     for name, p in model.backbone.named_parameters():

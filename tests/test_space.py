@@ -96,6 +96,12 @@ def test_paper_spaces_use_the_paper_setup_and_placeholders():
         assert "CHANGE-ME" in base.data.source  # the user must point it at their shards
 
 
+def test_synthia_space_brings_both_domains_to_1024_pixels_wide():
+    data = load_space("synthia_deeplab_vgg16").base_config().data
+    assert 1280 * data.source_base_scale == 2048 * data.target_base_scale == 1024  # SYNTHIA, Cityscapes
+    assert 2048 * data.eval_scale == 1024
+
+
 def test_grid_ablation_expands_to_the_cartesian_product():
     space = load_space("grid_ablation")
     points = space.grid_points()

@@ -17,6 +17,7 @@ from road_ray.data.transforms import (
     decode_image,
     decode_label,
     denormalize,
+    domain_base_scale,
     normalize,
     normalize_tensor,
     random_scale_crop,
@@ -179,6 +180,28 @@ def test_crop_batch_shapes_and_scale_range():
         batch = encoded_batch(2)
         batch["label"][1] = None
         CropBatch(cfg, seed=0, labeled=True)(batch)
+
+
+def test_crop_batch_scales_each_domain_by_its_own_base_scale():
+    # the paper's SYNTHIA setup: SYNTHIA 1280x760 * 0.8 and Cityscapes 2048x1024 * 0.5, both 1024 wide
+    cfg = DataConfig(crop_size=32, base_scale=0.5, source_base_scale=0.8, scale_min=1.0, scale_max=1.0)
+    source = CropBatch(cfg, seed=0, labeled=True)(encoded_batch(3))
+    target = CropBatch(cfg, seed=0, labeled=False)(encoded_batch(3, labeled=False))
+    assert np.allclose(source["box"][:, B.SCALE], 0.8) and np.allclose(target["box"][:, B.SCALE], 0.5)
+    assert np.allclose(CropBatch(cfg, seed=0, labeled=True, domain="target")(encoded_batch(2))["box"][:, B.SCALE], 0.5)
+    assert domain_base_scale(DataConfig(base_scale=0.7, target_base_scale=0.25), "source") == 0.7
+    assert domain_base_scale(DataConfig(base_scale=0.7, target_base_scale=0.25), "target") == 0.25
+    with pytest.raises(ValueError, match="domain"):
+        domain_base_scale(cfg, "val")
+
+
+def test_per_domain_scales_are_validated_by_key():
+    from road_ray.config import ConfigError, load_config
+
+    assert load_config(overrides=["data.source_base_scale=0.8"]).data.source_base_scale == 0.8
+    assert load_config(overrides=["data.target_base_scale=null"]).data.target_base_scale is None
+    with pytest.raises(ConfigError, match=r"data\.target_base_scale: expected a scale > 0"):
+        load_config(overrides=["data.target_base_scale=0"])
 
 
 def test_normalize_tensor_matches_normalize():

@@ -99,6 +99,8 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     threads = torch.get_num_threads()  # the Ray worker uses as many as this process
     progress(f"building {o['network']} on {device} ({precision}), crop {o['crop']}, {o['batch']}+{o['batch']} crops")
     setup = StepSetup(cfg, device, o["seed"])
+    parameters = sum(p.numel() for p in setup.student.parameters())  # docs/networks.md lists them
+    progress(f"{o['network']}: {parameters:,} parameters in the segmentation network")
     ops = setup.operations()
     setup.warm_up(o["warmup"])
     progress(f"warmed up ({o['warmup']} calls of each variant); counting FLOPs")
@@ -133,7 +135,7 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
             driver_round(r)
     progress("done")
     return {
-        "settings": _settings(o, cfg, device, precision, threads),
+        "settings": {**_settings(o, cfg, device, precision, threads), "parameters": parameters},
         "figures": _figures(times, flops, setup, device, precision, o["peak_tflops"]),
         "ray_worker": None if ray_result is None else {k: v for k, v in ray_result.items() if k != "times"},
         "notes": _notes(o),
@@ -240,6 +242,7 @@ def table(result: dict[str, Any]) -> str:
         for name, v in t.items()
     ]
     rows += [
+        ("parameters (segmentation network)", f"{s['parameters']:,}"),
         ("road_over_plain (target <= 1.25)", f"{f['road_over_plain']:.3f}"),
         ("ray_over_bare (target <= 1.05)", "n/a" if f["ray_over_bare"] is None else f"{f['ray_over_bare']:.3f}"),
         ("teacher_over_road", "n/a" if f["teacher_over_road"] is None else f"{f['teacher_over_road']:.3f}"),

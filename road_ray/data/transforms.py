@@ -1,7 +1,7 @@
 """Decode, random scale, random crop *with its box*, flip, normalize (DESIGN §1, §2). NumPy/OpenCV only.
 
 Training crops follow the paper's recipe: the whole image is resized by a random factor
-(``base_scale * U(scale_min, scale_max)``), padded at the bottom/right when smaller than the
+(the domain's base scale times ``U(scale_min, scale_max)``, :func:`domain_base_scale`), padded at the bottom/right when smaller than the
 crop (image 0, label 255), cut at a uniformly random ``crop_size x crop_size`` window and
 mirrored with probability 1/2. Every crop carries its box (``road_ray.data.boxes``), so the
 spatial-aware splitting layer can map each feature position back to the original image.
@@ -202,6 +202,15 @@ def denormalize(image: np.ndarray) -> np.ndarray:
 # Batch transforms (Ray Data map_batches, numpy batch format)
 
 
+def domain_base_scale(cfg: DataConfig, domain: str) -> float:
+    """The base scale of ``domain``'s images: ``data.source_base_scale`` / ``target_base_scale``,
+    or ``data.base_scale`` where that one is unset."""
+    if domain not in ("source", "target"):
+        raise ValueError(f"domain {domain!r}: expected 'source' or 'target'")
+    scale = cfg.source_base_scale if domain == "source" else cfg.target_base_scale
+    return float(cfg.base_scale if scale is None else scale)
+
+
 def _seed_material(seed: int, ids: Sequence[str], nonce: np.ndarray | None) -> list[int]:
     digest = hashlib.blake2b("\0".join(map(str, ids)).encode(), digest_size=16).digest()
     material = [int(seed) & 0xFFFFFFFFFFFFFFFF, int.from_bytes(digest, "little")]
@@ -233,11 +242,16 @@ class CropBatch:
       calls never repeat (and are not reproducible).
 
     Same seed + ids + nonce -> the same crops (what the tests rely on).
+
+    **Scale.** Each image is resized by ``domain_base_scale(cfg, domain)`` times ``U(scale_min,
+    scale_max)``; ``domain`` defaults to ``"source"`` for a labeled stream and ``"target"`` for an
+    unlabeled one (the training streams' roles: source crops carry labels, target crops none).
     """
 
-    def __init__(self, cfg: DataConfig, seed: int, labeled: bool):
+    def __init__(self, cfg: DataConfig, seed: int, labeled: bool, domain: str | None = None):
         self.crop_size = int(cfg.crop_size)
-        self.base_scale = float(cfg.base_scale)
+        self.domain = domain or ("source" if labeled else "target")
+        self.base_scale = domain_base_scale(cfg, self.domain)
         self.scale_min = float(cfg.scale_min)
         self.scale_max = float(cfg.scale_max)
         self.flip = bool(cfg.flip)

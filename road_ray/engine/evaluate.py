@@ -27,7 +27,7 @@ Observer = Callable[[dict[str, Any], torch.Tensor, torch.Tensor, torch.Tensor | 
 @dataclass
 class EvalSettings:
     mode: str = "whole"  # "whole" | "slide"
-    scale: float = 1.0
+    scale: float = 1.0  # both modes: the image is resized by it, the logits brought back to full size
     window: int = 321
     max_images: int = 0  # 0 = all
     autocast_dtype: torch.dtype | None = None
@@ -35,7 +35,7 @@ class EvalSettings:
 
 def predict(model: nn.Module, image: torch.Tensor, settings: EvalSettings) -> torch.Tensor:
     if settings.mode == "slide":
-        return predict_slide(model, image, settings.window)
+        return predict_slide(model, image, settings.window, scale=settings.scale)
     if settings.mode == "whole":
         return predict_whole(model, image, settings.scale)
     raise ValueError(f"eval mode {settings.mode!r}: expected 'whole' or 'slide'")

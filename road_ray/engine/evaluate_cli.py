@@ -2,7 +2,10 @@
 
 Runs without Ray: shards are streamed with pyarrow, one image at a time. Predictions are
 written as Cityscapes **labelIds** PNGs at the ground truth's full resolution,
-``{id}_pred_labelIds.png`` (what ``cityscapesscripts``' evaluator reads), plus colour overlays.
+``{id}_pred_labelIds.png``, and nothing else in that folder: ``cityscapesscripts``' evaluator
+finds a ground truth's prediction by walking the folder (sub-folders too) for
+``{city}_{seq}_{frame}*.png`` and stops at a second match, so colour overlays
+(``{id}_overlay.png``) go to their own folder (``--save-overlays``), outside it.
 """
 
 from __future__ import annotations
@@ -54,21 +57,42 @@ def load_model(checkpoint_dir: str) -> tuple[torch.nn.Module, Any, int]:
     return model, cfg, payload["iteration"]
 
 
-class PredictionWriter:
-    """Writes ``{id}_pred_labelIds.png`` (full resolution) and ``{id}_overlay.png``."""
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
 
-    def __init__(self, out_dir: str, images: dict[str, np.ndarray] | None = None):
-        self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+
+class PredictionWriter:
+    """Writes ``{id}_pred_labelIds.png`` (full resolution) into ``out_dir`` and, when
+    ``overlay_dir`` is given, ``{id}_overlay.png`` there (prediction over the image, next to the
+    ground truth). Either folder may be None; ``overlay_dir`` inside ``out_dir`` (or the same) is
+    a ValueError, as the official evaluator would then find two predictions per image."""
+
+    def __init__(
+        self, out_dir: str | None, images: dict[str, np.ndarray] | None = None, overlay_dir: str | None = None
+    ):
+        self.out = None if out_dir is None else Path(out_dir)
+        self.overlays = None if overlay_dir is None else Path(overlay_dir)
+        if self.out is not None and self.overlays is not None and _inside(self.overlays, self.out):
+            raise ValueError(
+                f"--save-overlays {str(self.overlays)!r} is inside --save-predictions {str(self.out)!r}: the "
+                "official evaluator reads every PNG under that folder; put the overlays elsewhere"
+            )
+        for folder in (self.out, self.overlays):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
         self.images = images if images is not None else {}
 
     def __call__(self, image_id: str, pred: np.ndarray, label: np.ndarray | None) -> None:
-        Image.fromarray(trainid_to_cityscapes(pred)).save(self.out / f"{image_id}_pred_labelIds.png")
+        if self.out is not None:
+            Image.fromarray(trainid_to_cityscapes(pred)).save(self.out / f"{image_id}_pred_labelIds.png")
+        if self.overlays is None:
+            return
         rgb = self.images.pop(image_id, None)
         colour = colorize(pred)
         overlay = colour if rgb is None else (0.5 * rgb + 0.5 * colour).astype(np.uint8)
         panels = [overlay] if label is None else [overlay, colorize(label)]
-        Image.fromarray(np.concatenate(panels, axis=1)).save(self.out / f"{image_id}_overlay.png")
+        Image.fromarray(np.concatenate(panels, axis=1)).save(self.overlays / f"{image_id}_overlay.png")
 
 
 def _with_images(batches: Iterator[dict[str, Any]], keep: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
@@ -93,6 +117,8 @@ def format_table(scores: dict[str, Any]) -> str:
     for key in ("miou16", "miou13"):
         if key in scores:
             lines.append(f"{key:<15} {scores[key]:6.2f}")
+    if scores.get("convention"):
+        lines.append(f"convention: {scores['convention']}")
     return "\n".join(lines)
 
 
@@ -142,10 +168,12 @@ def eval_from_cli(args: argparse.Namespace) -> dict[str, Any]:
         shards = resolve_shards(args, cfg, tmp)
         batches: Iterator[dict[str, Any]] = shard_batches(shards, args.max_images)
         writer = None
-        if args.save_predictions:
+        overlays = getattr(args, "save_overlays", None)
+        if args.save_predictions or overlays:
             keep: dict[str, np.ndarray] = {}
-            batches = _with_images(batches, keep)
-            writer = PredictionWriter(args.save_predictions, keep)
+            if overlays:
+                batches = _with_images(batches, keep)
+            writer = PredictionWriter(args.save_predictions, keep, overlay_dir=overlays)
         start = time.perf_counter()
         scores = evaluate(model, batches, label_space, settings, torch.device("cpu"), on_prediction=writer)
         seconds = time.perf_counter() - start

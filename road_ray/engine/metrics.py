@@ -89,7 +89,16 @@ def segmentation_scores(matrix: Tensor | np.ndarray, label_space: LabelSpace) ->
     prediction are left out of the mean; ``nan`` if none is left). For ``synthia16`` the
     extra subsets add ``miou16`` and ``miou13``, from the same matrix. ``iou`` lists the
     classes of ``eval_ids`` in trainId order.
+
+    Ground-truth rows of ``label_space.ignored_gt_ids`` are zeroed first (SYNTHIA-16: terrain,
+    truck, train count as ignore, as the field scores it); a prediction *of* such a class on a
+    counted pixel still counts against that pixel's class. ``convention`` is added when the
+    label space has one.
     """
+    if label_space.ignored_gt_ids:
+        m = matrix.detach().cpu().numpy() if isinstance(matrix, Tensor) else np.asarray(matrix)
+        matrix = m.copy()
+        matrix[list(label_space.ignored_gt_ids), :] = 0
     iou = iou_per_class(matrix)
     if iou.shape[0] <= max(label_space.eval_ids):
         raise ValueError(
@@ -105,4 +114,6 @@ def segmentation_scores(matrix: Tensor | np.ndarray, label_space: LabelSpace) ->
     }
     for name, ids in label_space.extra_subsets:
         scores[name] = _mean_percent(iou, ids)
+    if label_space.convention:
+        scores["convention"] = label_space.convention
     return scores

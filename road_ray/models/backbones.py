@@ -12,14 +12,12 @@ feature position ``i`` is centred near input pixel ``i * s``.
 
 State-dict keys follow torchvision's names (``conv1.weight``, ``layer3.0.bn1.bias``,
 ``features.28.weight``), so a torchvision model's state dict loads after dropping its
-classifier (:func:`load_backbone_weights`).
+classifier (``road_ray/models/weights.py`` builds backbones and loads their weights; the
+Caffe-style DeepLab-v2 ResNet is in ``road_ray/models/caffe_resnet.py``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
@@ -50,6 +48,7 @@ class Backbone(nn.Module):
         super().__init__()
         self.post: nn.Module = nn.Identity()  # turns the last stage into "out"
         self.frozen_stages: int | None = None
+        self.frozen_batchnorm = False
         self.truncated_after: str | None = None
 
     # --- subclass hooks -------------------------------------------------------------
@@ -132,10 +131,31 @@ class Backbone(nn.Module):
                 p.requires_grad_(False)
         self.train(self.training)
 
+    def freeze_batchnorm(self) -> None:
+        """Frozen BatchNorm (``model.freeze_bn``), as DeepLab-v2 trains its ResNets.
+
+        Every BatchNorm layer's weight and bias get ``requires_grad=False`` and the layer stays
+        in eval mode after ``.train()``: in training too it normalises with its running
+        statistics (the pretrained ones) and never updates them, like Caffe's
+        ``use_global_stats: true`` in DeepLab-v2's prototxt. (AdaptSegNet's and ADVENT's PyTorch
+        code freezes the affine parameters only and leaves the layers in train mode, where each
+        batch is normalised by its own statistics and the running ones drift.)
+        """
+        self.frozen_batchnorm = True
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                for p in m.parameters():
+                    p.requires_grad_(False)
+        self.train(self.training)
+
     def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_batchnorm:
+            bn = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        else:
+            bn = []
         if self.frozen_stages is None:
-            return []
-        modules = list(self.stem_modules())
+            return bn
+        modules = bn + list(self.stem_modules())
         for name in self.stage_names[: self.frozen_stages]:
             modules += self.stage_modules(name)
         return modules
@@ -322,69 +342,7 @@ class VGGBackbone(Backbone):
 
 
 # ---------------------------------------------------------------------------------------
-# Building and weights
-
-
-def _strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _as_backbone_state(state: object, source: str) -> dict[str, Tensor]:
-    """Accept a backbone state dict, a torchvision full-model state dict (``fc.*`` /
-    ``classifier.*`` dropped), a Segmenter's (``backbone.*`` kept, head dropped) or a
-    DDP-wrapped one (``module.`` stripped)."""
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
-        raise ValueError(
-            f"{source}: expected a state dict (mapping of parameter names to tensors), got {type(state).__name__}"
-        )
-    if state and all(k.startswith("module.") for k in state):
-        state = _strip_prefix(state, "module.")
-    if any(k.startswith("backbone.") for k in state):
-        state = _strip_prefix(state, "backbone.")
-    return {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
-
-
-def _load_state(backbone: Backbone, state: object, source: str) -> None:
-    state = _as_backbone_state(state, source)
-    expected = backbone.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise ValueError(
-            f"{source} does not match the {type(backbone).__name__}: "
-            f"{len(missing)} missing keys (first: {missing[:5]}), {len(unexpected)} unexpected keys (first: {unexpected[:5]})"
-        )
-    for k, v in expected.items():
-        if k not in state:  # old torchvision files carry no BN num_batches_tracked
-            state[k] = v
-        elif state[k].shape != v.shape:
-            raise ValueError(f"{source}: {k} has shape {list(state[k].shape)}, the backbone expects {list(v.shape)}")
-    backbone.load_state_dict(state, strict=True)
-
-
-def load_backbone_weights(backbone: Backbone, path: str) -> None:
-    """Load a state dict file (see :func:`_as_backbone_state` for the accepted layouts).
-
-    A missing/unreadable file or keys/shapes that do not match raise ValueError naming
-    the file and the first offending keys.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"pretrained weights file {str(p)!r} does not exist")
-    try:
-        state = torch.load(p, weights_only=True, map_location="cpu")
-    except Exception as e:  # pickle/zip errors come in many types
-        raise ValueError(f"could not read pretrained weights file {str(p)!r}: {e}") from None
-    _load_state(backbone, state, f"weights file {str(p)!r}")
-
-
-def _torchvision_weights(name: BackboneName) -> torchvision.models.WeightsEnum:
-    weights = {
-        "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
-        "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-        "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
-    }
-    return weights[name]
+# Names
 
 
 def tap_names(name: BackboneName) -> tuple[str, ...]:
@@ -393,38 +351,3 @@ def tap_names(name: BackboneName) -> tuple[str, ...]:
     if name not in classes:
         raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(classes)}")
     return (*classes[name].stage_names, "out")
-
-
-def build_backbone(name: BackboneName, pretrained: str = "none") -> Backbone:
-    """Build backbone ``name`` with weights ``pretrained``: ``"none"`` (random init), a
-    state dict path, or ``"auto"`` (torchvision's ImageNet weights; for ``"small"`` the
-    training engine resolves ``"auto"`` to a MiniCity-pretrained file first)."""
-    builders = {
-        "small": SmallBackbone,
-        "vgg16": VGGBackbone,
-        "resnet50": lambda: ResNetBackbone(50),
-        "resnet101": lambda: ResNetBackbone(101),
-    }
-    if name not in builders:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(builders)}")
-    backbone = builders[name]()
-    if pretrained == "none":
-        return backbone
-    if pretrained == "auto":
-        if name == "small":
-            raise ValueError(
-                "model.pretrained='auto' for the small backbone is resolved by the training engine "
-                "(MiniCity pretraining); pass a weights file path or 'none' to build_segmenter/build_teacher"
-            )
-        weights = _torchvision_weights(name)
-        try:
-            state = weights.get_state_dict(progress=True)
-        except Exception as e:  # no network, proxy, corrupt cache, ...
-            raise RuntimeError(
-                f"could not fetch torchvision's ImageNet weights {weights} for {name} ({e}); download "
-                f"{weights.url} on a machine with internet and pass --set model.pretrained=PATH"
-            ) from e
-        _load_state(backbone, state, f"torchvision weights {weights}")
-        return backbone
-    load_backbone_weights(backbone, pretrained)
-    return backbone

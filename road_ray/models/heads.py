@@ -12,13 +12,15 @@ from torch import Tensor, nn
 
 
 class DeepLabV2Head(nn.Module):
-    """Atrous Spatial Pyramid Pooling of DeepLab-v2 (Chen et al., TPAMI 2017).
+    """Atrous Spatial Pyramid Pooling of DeepLab-v2 (Chen et al., TPAMI 2017), ResNet form.
 
     Four parallel 3x3 convolutions with dilations 6/12/18/24, each mapping the features
     straight to ``num_classes`` logits; the four score maps are **summed** (not
-    concatenated), so each branch sees the scene at its own field of view. This is the
-    ResNet-101 DeepLab-v2 classifier that the domain-adaptation literature uses for every
-    backbone; DeepLab's VGG variant has extra fc6/fc7 layers per branch, left out here.
+    concatenated), so each branch sees the scene at its own field of view. This is DeepLab-v2's
+    ResNet-101 classifier (``conv2d_list`` of AdaptSegNet's model/deeplab_multi.py and ADVENT's
+    advent/model/deeplabv2.py; ``branches.i`` here), also used on the small CPU net, where the
+    VGG head's 23 M parameters would dwarf the backbone. DeepLab-v2 on VGG-16 has fc6/fc7/fc8
+    per branch instead: :class:`road_ray.models.deeplab_vgg.DeepLabV2VGGHead`.
     """
 
     def __init__(self, in_channels: int, num_classes: int, dilations: tuple[int, ...] = (6, 12, 18, 24)) -> None:
