@@ -84,8 +84,7 @@ def study_results(exp: Experiment) -> dict[str, Any]:
                     "state": t.state,
                     "iter": row.get("iter"),
                     "miou": number(row.get("miou")),
-                    "source_val_miou": number(row.get("source_val_miou")),
-                    "target_entropy": number(row.get("target_entropy")),
+                    **{proxy: number(row.get(proxy)) for proxy in LABEL_FREE_PROXIES},
                     "iou": iou,
                 }
             )
