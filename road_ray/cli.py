@@ -1,4 +1,4 @@
-"""The ``road-ray`` command line (DESIGN §8 — a contract other tools rely on).
+"""The ``road-ray`` command line (docs/formats.md — a contract other tools rely on).
 
 Subcommands import their machinery lazily, so ``road-ray --help`` is instant and commands
 that need no Ray never import it. Every bad input exits non-zero with a one-line reason.

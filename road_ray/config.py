@@ -106,7 +106,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where the shards are and how crops are cut (DESIGN §2)."""
+    """Where the shards are and how crops are cut (docs/formats.md)."""
 
     # Shard folders or URIs; "" means the embedded MiniCity shards (prepared on demand).
     source: str = ""

@@ -1,4 +1,4 @@
-"""Label spaces (DESIGN §7): Cityscapes' 19 training classes and the dataset id tables.
+"""Label spaces (docs/datasets.md): Cityscapes' 19 training classes and the dataset id tables.
 
 All label maps inside road-ray are *trainIds* (0..18, 255 = ignore). The tables below
 convert the datasets' own encodings to trainIds, and trainIds back to Cityscapes

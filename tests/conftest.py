@@ -15,7 +15,7 @@ def ray_session():
     from road_ray.on_ray.train import init_ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    # Leave CPUs for Ray Data: train workers use fractional CPUs in tests (ray-notes).
+    # Leave CPUs for Ray Data: train workers use fractional CPUs in tests (docs/ray.md).
     init_ray(num_cpus=2, object_store_memory=300 * 1024 * 1024, log_to_driver=False)
     yield ray
     ray.shutdown()

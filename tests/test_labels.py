@@ -1,4 +1,4 @@
-"""Label tables of DESIGN §7."""
+"""Label tables of docs/datasets.md."""
 
 import numpy as np
 

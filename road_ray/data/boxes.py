@@ -1,4 +1,4 @@
-"""Crop boxes: where a training crop came from in its original image (DESIGN §1).
+"""Crop boxes: where a training crop came from in its original image (docs/method.md).
 
 Random crops lose their position; the spatial-aware splitting layer (paper Sec. 3.2) needs
 it back. Every crop therefore carries a box, a row of ``BOX_FIELDS`` (float32):

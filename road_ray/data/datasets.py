@@ -1,4 +1,4 @@
-"""Readers for the raw dataset layouts (DESIGN §7): which files pair up, and how labels decode.
+"""Readers for the raw dataset layouts (docs/datasets.md): which files pair up, and how labels decode.
 
 Cityscapes (target domain; splits ``train`` and ``val``; ``test`` has no real labels and is left out)::
 

@@ -1,4 +1,4 @@
-"""Decode, random scale, random crop *with its box*, flip, normalize (DESIGN §1, §2). NumPy/OpenCV only.
+"""Decode, random scale, random crop *with its box*, flip, normalize (docs/method.md, docs/formats.md). NumPy/OpenCV only.
 
 Training crops follow the paper's recipe: the whole image is resized by a random factor
 (the domain's base scale times ``U(scale_min, scale_max)``, :func:`domain_base_scale`), padded at the bottom/right when smaller than the

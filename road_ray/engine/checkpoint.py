@@ -1,4 +1,4 @@
-"""Checkpoint directories (DESIGN §3), written atomically and loaded with ``weights_only=True``.
+"""Checkpoint directories (docs/method.md), written atomically and loaded with ``weights_only=True``.
 
 A checkpoint is a directory holding ``checkpoint.pt`` (a plain dict of state dicts:
 student, domain classifiers, optimizer, the iteration, RNG states; bf16 autocast needs no grad scaler),

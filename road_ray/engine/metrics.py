@@ -1,4 +1,4 @@
-"""Segmentation scores (DESIGN §3): one confusion matrix over a whole split, IoU, mIoU.
+"""Segmentation scores (docs/method.md): one confusion matrix over a whole split, IoU, mIoU.
 
 The matrix is a masked ``bincount`` on the tensors' device (as in torchvision's segmentation
 references), accumulated per worker and summed across workers with one all-reduce. Every
