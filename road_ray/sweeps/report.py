@@ -30,7 +30,6 @@ from road_ray.sweeps.results import (  # noqa: E402
     TRAIN_RUNS,
     Experiment,
     ExperimentError,
-    best_checkpoint,
     best_trial,
     column_title,
     display_path,
@@ -38,6 +37,7 @@ from road_ray.sweeps.results import (  # noqa: E402
     format_value,
     number,
     read_experiment,
+    select_checkpoint,
 )
 from road_ray.sweeps.selection import selection_markdown  # noqa: E402
 from road_ray.sweeps.study import is_study, wall_time, write_study  # noqa: E402
@@ -69,6 +69,8 @@ def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None, 
         log(f"[report] wrote {out / 'report.md'} (study: {len(plots)} figures, study.json)")
         return out
     scored = [r for r in rows if number(r.get("miou")) is not None]
+    if any(len(t.rows) > 1 for t in exp.trials):
+        plots.append((_curves(exp, out), f"every trial's evaluations over its iterations ({exp.metric} and mIoU)"))
     for key in SCATTER_KEYS:
         if _varies(scored, key):
             plots.append((_scatter(scored, key, out), f"mIoU (oracle) vs {column_title(key)}"))
@@ -122,9 +124,11 @@ def _markdown(exp: Experiment, plots: list[tuple[str, str]], notes: list[str], s
         try:
             lines += [
                 "",
-                f"**Best checkpoint:** `{display_path(best_checkpoint(exp.uri or exp.path))}`",
+                f"**Selected checkpoint** (the final one of the trial whose final {exp.metric} is best): "
+                f"`{display_path(select_checkpoint(exp.uri or exp.path))}`",
                 "",
-                f"Evaluate it: `road-ray eval --experiment {display_path(exp.uri or exp.path)} --best`",
+                f"Evaluate it: `road-ray eval --experiment {display_path(exp.uri or exp.path)} --best` "
+                "(`--by CRITERION` for another criterion; `--by miou-over-time` is test-set selection)",
             ]
         except ExperimentError as e:
             lines += ["", f"Best checkpoint: unavailable ({e})."]
@@ -200,6 +204,29 @@ def _scatter(rows: list[dict[str, Any]], key: str, out: Path) -> str:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, out, f"miou_vs_{key.split('.')[-1]}.png")
+
+
+def _curves(exp: Experiment, out: Path) -> str:
+    """The sweep's metric (and the oracle mIoU beside it) at every evaluation of every trial: the
+    picture that chooses a run length or a learning rate."""
+    metrics = [exp.metric] + (["miou"] if exp.metric != "miou" else [])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), dpi=120, squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for trial in exp.trials:
+            pts = [(r["iter"], number(r.get(metric))) for r in trial.rows if number(r.get(metric)) is not None]
+            if pts:
+                label = ", ".join(
+                    f"{column_title(k)} {format_value(trial.params.get(k), k)}" for k in exp.searched_keys
+                )
+                ax.plot(
+                    [p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=label or trial.trial_id
+                )
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(column_title(metric))
+        ax.set_title(f"{column_title(metric)} over training")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    return _save(fig, out, "curves.png")
 
 
 def _per_category(rows: list[dict[str, Any]], key: str, out: Path) -> str:
