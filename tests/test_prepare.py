@@ -185,7 +185,7 @@ MAKERS = {"cityscapes": make_cityscapes, "gta5": make_gta5, "synthia": make_synt
 
 
 def rows_of(out, split: str) -> list[dict]:
-    return list(shards.iter_rows(shards.join(str(out), split)))
+    return list(shards.iter_rows(f"{out}/{split}"))
 
 
 def decode(data: bytes) -> np.ndarray:

@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow.fs as pafs
 from tqdm import tqdm
 
+from road_ray import storage
 from road_ray.data import shards
 from road_ray.data.datasets import LAYOUTS, Defect, Layout, Sample, decode_image, is_rgb8_png
 from road_ray.labels import IGNORE_INDEX, NUM_CLASSES
@@ -156,13 +157,13 @@ def clear_output(out: str, splits: Iterable[str], overwrite: bool) -> None:
     The old manifest goes first, so that an interrupted overwrite leaves a folder without a
     manifest (visibly incomplete), never a manifest describing a mix of old and new parts.
     """
-    fs, path = shards.open_fs(out)
-    manifest = shards.join(path, shards.MANIFEST)
+    fs, path = storage.open_fs(out)
+    manifest = storage.join(path, shards.MANIFEST)
     splits = set(splits)
     if fs.get_file_info(manifest).type == pafs.FileType.File:
         if not overwrite:
             raise ValueError(
-                f"{shards.join(out, shards.MANIFEST)} already exists: {out} holds a prepared dataset; "
+                f"{storage.join(out, shards.MANIFEST)} already exists: {out} holds a prepared dataset; "
                 "pass overwrite=True (road-ray prepare --overwrite) to replace it"
             )
         try:
@@ -171,7 +172,7 @@ def clear_output(out: str, splits: Iterable[str], overwrite: bool) -> None:
             pass
         fs.delete_file(manifest)
     for split in sorted(splits):
-        selector = pafs.FileSelector(shards.join(path, split), allow_not_found=True)
+        selector = pafs.FileSelector(storage.join(path, split), allow_not_found=True)
         for info in fs.get_file_info(selector):
             if info.type == pafs.FileType.File and info.base_name.startswith((shards.PART_PREFIX, ".tmp-")):
                 fs.delete_file(info.path)
@@ -199,7 +200,7 @@ def write_split(job: Job, split: str, samples: list[Sample], imap: Callable, ski
     tasks = ((job.dataset, job.root, sample, job.image_format) for sample in samples)
     results = imap(convert_task, tasks)
     bar = tqdm(results, total=len(samples), desc=f"{job.dataset} {split}", unit="img", disable=not job.progress)
-    with shards.ShardWriter(shards.join(job.out, split), max_bytes=job.shard_bytes) as writer:
+    with shards.ShardWriter(storage.join(job.out, split), max_bytes=job.shard_bytes) as writer:
         for result in bar:
             if result.skipped is not None:
                 skipped.append(result.skipped)

@@ -23,12 +23,13 @@ import torch
 from PIL import Image
 
 from road_ray import jsonio
-from road_ray.data.shards import iter_rows, join
+from road_ray.data.shards import iter_rows
 from road_ray.data.transforms import decode_image, decode_label, normalize
 from road_ray.engine.checkpoint import load_checkpoint, load_student_state, local_checkpoint, read_checkpoint_config
 from road_ray.engine.evaluate import EvalSettings, evaluate
 from road_ray.labels import CLASS_NAMES, colorize, get_label_space, trainid_to_cityscapes
 from road_ray.models import build_segmenter
+from road_ray.storage import join
 
 # Which prepared split a raw dataset's "--split" maps to (Cityscapes val is the benchmark).
 RAW_DATASETS = ("cityscapes", "gta5", "synthia", "minicity")

@@ -11,8 +11,8 @@ import copy
 from pathlib import Path
 
 from road_ray.config import DATA_SPLITS, Config
-from road_ray.data.shards import join
 from road_ray.paths import file_lock, home
+from road_ray.storage import join
 
 
 def minicity_dir(size: str, seed: int = 0) -> Path:

@@ -19,10 +19,11 @@ import torch
 from ray.data import ExecutionResources
 
 from road_ray.config import DataConfig
-from road_ray.data.shards import count_rows, list_shard_files, open_fs
+from road_ray.data.shards import count_rows, list_shard_files
 from road_ray.data.transforms import CropBatch
 from road_ray.on_ray.data import endless_batches, execution_rows, train_stream
 from road_ray.on_ray.train import ray_instance
+from road_ray.storage import open_fs
 
 __all__ = ["compare_with_dataloader", "execution_rows", "ray_instance"]
 

@@ -61,8 +61,9 @@ from ray.data.expressions import col
 from ray.data.expressions import random as random_expr
 
 from road_ray.config import DataConfig
-from road_ray.data.shards import count_rows, list_shard_files, open_fs
+from road_ray.data.shards import count_rows, list_shard_files
 from road_ray.data.transforms import NONCE_COLUMN, CropBatch, WholeImageBatch
+from road_ray.storage import open_fs
 
 # Reads of at least this many files (passes included) get one task per file (read_shards).
 FILES_FOR_ONE_TASK_PER_FILE = 8

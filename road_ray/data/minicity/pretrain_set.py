@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from road_ray import storage
 from road_ray.data import shards
 from road_ray.data.minicity.dataset import PRETRAIN_SPLIT, MiniCitySize, item_rng
 from road_ray.data.minicity.layout import sample_scene
@@ -143,10 +144,10 @@ def read_pretrain_set(out_dir: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     manifest = shards.read_manifest(out_dir)
     names = manifest.get("pretrain_classes")
     if not names:
-        raise ValueError(f"{shards.join(out_dir, shards.MANIFEST)}: no 'pretrain_classes'; not a MiniCity folder?")
+        raise ValueError(f"{storage.join(out_dir, shards.MANIFEST)}: no 'pretrain_classes'; not a MiniCity folder?")
     images, labels = [], []
-    for uri in shards.list_shard_files(shards.join(out_dir, PRETRAIN_SPLIT)):
-        fs, path = shards.open_fs(uri)
+    for uri in shards.list_shard_files(storage.join(out_dir, PRETRAIN_SPLIT)):
+        fs, path = storage.open_fs(uri)
         table = pq.read_table(path, filesystem=fs, columns=["image", "class_id"])
         images += [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in table.column("image").to_pylist()]
         labels += table.column("class_id").to_pylist()

@@ -13,6 +13,7 @@ import contextlib
 import numpy as np
 from tqdm import tqdm
 
+from road_ray import storage
 from road_ray.data import shards
 from road_ray.data.minicity.dataset import (
     MINICITY_VERSION,
@@ -45,7 +46,7 @@ def _write_scene_split(out: str, split: str, spec: MiniCitySize, seed: int, imap
     names = [split, ORACLE_SPLIT] if split == "target_train" else [split]
     pixels, ignore = np.zeros(NUM_CLASSES, np.int64), 0
     with contextlib.ExitStack() as stack:
-        writers = [stack.enter_context(shards.ShardWriter(shards.join(out, name))) for name in names]
+        writers = [stack.enter_context(shards.ShardWriter(storage.join(out, name))) for name in names]
         tasks = ((split, i, seed, spec) for i in range(getattr(spec, split)))
         for i, (image, label, class_pixels, ignore_pixels) in enumerate(imap(_scene_task, tasks)):
             row = {
@@ -81,7 +82,7 @@ def _write_pretrain_split(out: str, spec: MiniCitySize, seed: int, imap, bar) ->
     counts = [0] * len(PRETRAIN_CLASSES)
     tasks = ((g, seed, spec) for g in range(-(-spec.pretrain // PRETRAIN_PER_SCENE)))
     writer = shards.ShardWriter(
-        shards.join(out, PRETRAIN_SPLIT),
+        storage.join(out, PRETRAIN_SPLIT),
         schema=PRETRAIN_SCHEMA,
         rows_per_group=PRETRAIN_ROWS_PER_PART,
         max_rows=PRETRAIN_ROWS_PER_PART,
