@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args
 
 import yaml
+
+from road_ray.config_parsing import ConfigError, apply_mapping, load_yaml, parse_scalar
 
 Mode = Literal["nonadapt", "dst", "spt", "road", "frozen", "source_dist", "oracle"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -59,10 +60,6 @@ NO_SPLIT = "none"
 # What the label-free validators evaluate on besides source-val: the first images of the
 # unlabelled target *train* split (never target-val, whose labels are the oracle's).
 VALIDATOR_SPLIT = "target_train"
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with the key and what was expected."""
 
 
 def parse_grid(grid: str) -> tuple[int, int]:
@@ -293,98 +290,6 @@ class Config:
 # Loading and overriding
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Check/convert ``value`` to the field's annotation, or raise ConfigError naming the key."""
-    origin = get_origin(annotation)
-    if origin is Literal:
-        choices = get_args(annotation)
-        if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
-        return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = get_args(annotation)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, value, arg)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: unexpected value {value!r}")
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, str):  # e.g. "1e-2" from JSON or a YAML 1.1 document
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"{key}: unsupported annotation {annotation!r}")
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _apply(obj: Any, mapping: dict[str, Any], prefix: str = "") -> None:
-    if not isinstance(mapping, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {mapping!r}")
-    hints = _hints(type(obj))
-    for key, value in mapping.items():
-        full = f"{prefix}{key}"
-        if key not in hints:
-            raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(hints)}")
-        annotation = hints[key]
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            _apply(current, value, prefix=f"{full}.")
-        else:
-            setattr(obj, key, _coerce(full, value, annotation))
-
-
-class _YAMLLoader(yaml.SafeLoader):
-    """YAML as a user means it: ``1e-2`` is a number. PyYAML follows YAML 1.1, where a float needs
-    a dot (``1.0e-2``) and ``1e-2`` is a string; YAML 1.2 and every other parser read it as 0.01."""
-
-
-_YAMLLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?\.?[0-9_]*[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def load_yaml(text: str) -> Any:
-    """Parse YAML text (config files, search spaces, ``--set`` values) with exponent floats."""
-    return yaml.load(text, Loader=_YAMLLoader)
-
-
-def _parse_scalar(text: str) -> Any:
-    """An override's value is parsed as YAML (``0.1``, ``1e-2``, ``true``; ``3x3`` stays a string)."""
-    try:
-        return load_yaml(text) if text != "" else ""
-    except yaml.YAMLError:
-        return text
-
-
 def parse_overrides(texts: list[str]) -> dict[str, Any]:
     """``["road.lambda_dist=0.1", ...]`` (``--set``) as ``{"road.lambda_dist": 0.1}``, values parsed as YAML."""
     items: dict[str, Any] = {}
@@ -392,7 +297,7 @@ def parse_overrides(texts: list[str]) -> dict[str, Any]:
         if "=" not in text:
             raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. road.lambda_dist=0.1")
         key, value = text.split("=", 1)
-        items[key.strip()] = _parse_scalar(value.strip())
+        items[key.strip()] = parse_scalar(value.strip())
     return items
 
 
@@ -404,7 +309,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
         nested: Any = value
         for part in reversed(parts):
             nested = {part: nested}
-        _apply(cfg, nested)
+        apply_mapping(cfg, nested)
     return cfg
 
 
@@ -418,7 +323,7 @@ def default_config(smoke: bool = False) -> Config:
 def config_from_dict(data: dict[str, Any] | None) -> Config:
     cfg = Config()
     if data:
-        _apply(cfg, data)
+        apply_mapping(cfg, data)
     return cfg.validate()
 
 
@@ -436,7 +341,7 @@ def load_config(
             data = load_yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-        _apply(cfg, data)
+        apply_mapping(cfg, data)
     if overrides:
         apply_overrides(cfg, overrides)
     return cfg.validate()
