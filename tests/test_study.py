@@ -38,8 +38,8 @@ STUDY = {
 def test_shipped_study_covers_the_papers_ablations():
     space = load_space("minicity_study")
     assert space.is_grid and space.searched_keys == ["point", "run.seed"]
-    assert len(space.grid_points()) == 10 * 3  # shared points run once
-    assert set(space.studies) == {"table1", "fig4", "fig6"}
+    assert len(space.grid_points()) == 12 * 3  # shared points run once
+    assert set(space.studies) == {"table1", "fig4", "fig6", "controls"}
     assert list(space.studies["fig6"].points) == ["1x1", "2x1", "2x2", "3x3"]
     assert space.baseline == "nonadapt" and space.upper_bound == "oracle"
     # every point's config is the base with its own overrides, nothing else differs
@@ -50,6 +50,11 @@ def test_shipped_study_covers_the_papers_ablations():
         assert cfg.road.lambda_dist == base.road.lambda_dist and cfg.road.lambda_spt == base.road.lambda_spt
     assert trial_config(base, {"point": "grid_2x1", "run.seed": 0}, space.points).road.grid == "2x1"
     assert trial_config(base, {"point": "source_dist", "run.seed": 0}, space.points).road.mode == "source_dist"
+    # the two controls differ from their reference point by their one switch
+    bn = trial_config(base, {"point": "nonadapt_bn", "run.seed": 0}, space.points)
+    assert bn.road.mode == "nonadapt" and bn.road.student_sees_target
+    dann = trial_config(base, {"point": "road_dann", "run.seed": 0}, space.points)
+    assert dann.road.mode == "road" and dann.road.adversarial_form == "dann" and dann.road.grid == base.road.grid
     # the record written with the experiment reads back the same
     again = space_from_dict(space.to_dict())
     assert again.grid_points() == space.grid_points() and again.studies == space.studies
