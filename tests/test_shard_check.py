@@ -136,3 +136,20 @@ def test_eval_names_a_damaged_part(tiny, tmp_path):
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith(f"road-ray eval: error: --shards: {tiny / 'val' / 'part-00000.parquet'}: not a Parquet file")
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.ray
+def test_a_trial_or_run_names_a_part_ray_data_cannot_read(ray_session, tiny):
+    """Ray samples parts when it plans a read (on the driver of a run, or in a Tune trial):
+    a part whose footer is fine but whose data is not is named there, with the key."""
+    from road_ray.on_ray.train import _datasets
+
+    corrupt_first_page(tiny / "train" / "part-00000.parquet")
+    cfg = apply_overrides(
+        Config(),
+        {"data.source": str(tiny / "train"), "data.target": str(tiny / "val"), "data.target_val": "none"},
+    )
+    with pytest.raises(DamagedShard) as e:
+        _datasets(cfg)
+    assert str(e.value).startswith(f"data.source: {tiny / 'train' / 'part-00000.parquet'}: unreadable"), str(e.value)
+    assert len(str(e.value).splitlines()) == 1
