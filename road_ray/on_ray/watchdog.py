@@ -211,7 +211,10 @@ class RunWatchdog:
             f"{self._explain(stage)}"
         )
         self.log(f"[watchdog] {self.reason}")
-        write_text(self.plan.stop, f"{self.plan.launch}\n{self.reason}")
+        try:
+            write_text(self.plan.stop, f"{self.plan.launch}\n{self.reason}")
+        except OSError as e:  # the run is still given up on; its controller keeps running until fit() ends
+            self.log(f"[watchdog] could not write the stop marker {self.plan.stop}: {e}")
 
     def _explain(self, stage: str) -> str:
         try:
