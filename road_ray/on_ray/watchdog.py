@@ -246,6 +246,17 @@ def watched_fit(trainer_factory: Callable[[], Any], watchdog: RunWatchdog) -> An
     return result
 
 
+def _no_reconnect() -> None:
+    """Keep the abandoned planning thread from reconnecting Ray after ``ray.shutdown()`` (Ray Data
+    calls ``ray.init()`` when it finds Ray down): the process is ending its run."""
+    try:
+        import ray._private.auto_init_hook as auto_init
+
+        auto_init.enable_auto_connect = False
+    except (ImportError, AttributeError):
+        pass
+
+
 def _in_thread(work: Callable[[], T], watchdog: RunWatchdog) -> T:
     outcome: dict[str, Any] = {}
 
@@ -260,6 +271,7 @@ def _in_thread(work: Callable[[], T], watchdog: RunWatchdog) -> T:
     while thread.is_alive():
         thread.join(POLL_S)
         if watchdog.reason:
+            _no_reconnect()
             raise RunStalled(watchdog.reason)
     if "error" in outcome:
         raise outcome["error"]
@@ -319,19 +331,23 @@ class RunNeeds:
 
 
 def _holders(limit: int = 4) -> str:
-    """`` (held by 1 x Occupier: 1 CPU, ...)``: the live actors that hold CPUs, best effort
-    (Ray's State API; nothing when it does not answer within a few seconds)."""
+    """`` (held by 1 x Occupier: 1 CPU, ...)``: the live actors and running tasks that hold CPUs,
+    best effort (Ray's State API; nothing when it does not answer within a few seconds)."""
     try:
-        from ray.util.state import list_actors
+        from ray.util.state import list_actors, list_tasks
 
-        actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, timeout=5, raise_on_missing_output=False)
+        options = dict(detail=True, timeout=5, raise_on_missing_output=False)
+        actors = list_actors(filters=[("state", "=", "ALIVE")], **options)
+        tasks = list_tasks(filters=[("state", "=", "RUNNING"), ("type", "=", "NORMAL_TASK")], **options)
     except Exception:  # noqa: BLE001 - no State API (no dashboard), or a slow one
         return ""
     held: dict[str, list[float]] = {}
-    for actor in actors:
-        cpus = float((actor.required_resources or {}).get("CPU", 0) or 0)
+    for name, resources in [(a.class_name, a.required_resources) for a in actors] + [
+        (t.name, t.required_resources) for t in tasks
+    ]:
+        cpus = float((resources or {}).get("CPU", 0) or 0)
         if cpus > 0:
-            held.setdefault(actor.class_name, []).append(cpus)
+            held.setdefault(name, []).append(cpus)
     if not held:
         return ""
     top = sorted(held.items(), key=lambda kv: -sum(kv[1]))[:limit]
