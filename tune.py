@@ -2,8 +2,9 @@
 """Sweep ROAD's hyper-parameters on Ray Tune (Optuna + ASHA): ``python tune.py [options]``.
 
 With no arguments: the MiniCity sweep of search_spaces/minicity.yaml on a local Ray instance
-(about ten minutes on two CPU cores). Inside ``ray job submit -- python tune.py ...`` it
-connects to the cluster (RAY_ADDRESS) instead. The machinery is road_ray/on_ray/tune.py (Ray) and
+(about ten minutes on two CPU cores), even when a ``ray start`` cluster runs on the machine.
+Inside ``ray job submit -- python tune.py ...`` it joins the cluster (RAY_ADDRESS) instead;
+``--address`` chooses one explicitly. The machinery is road_ray/on_ray/tune.py (Ray) and
 road_ray/sweeps/ (the search space, the sweep's record, the outcome printed here).
 """
 
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fix a config key for every trial, over the space's fixed: (repeatable), e.g. --set data.target_val=none",
     )
     p.add_argument(
+        "--address",
+        help="the Ray cluster to join: HOST:PORT, auto (the one `ray start` recorded on this machine) or local "
+        "(an instance of its own); default: $RAY_ADDRESS (what `ray job submit` sets), else local",
+    )
+    p.add_argument(
         "--max-concurrent",
         type=int,
         help="trials at a time (default: the space's, else GPUs // GPUs per trial, or 1 per ~4 CPU cores)",
@@ -99,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             max_concurrent=args.max_concurrent,
             select=args.select,
             overrides=args.set,
+            address=args.address,
         )
-    except (SpaceError, ConfigError, ValueError, FileNotFoundError) as e:
+    except (SpaceError, ConfigError, ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"tune.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ import sys
 
 from road_ray import jsonio
 from road_ray.config import ConfigError
+from road_ray.failures import RunStalled
 
 EPILOG = "Docs: README.md and docs/. Every command exits non-zero with a one-line reason on bad input."
 
@@ -53,6 +54,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke", action="store_true", help="the real path at toy size (MiniCity small, a few iterations)")
     p.add_argument("--storage", help="where runs are kept (folder or URI); default ~/road-ray-results")
     p.add_argument("--name", help="run name; a run restarted with the same storage and name resumes")
+    p.add_argument(
+        "--address",
+        help="the Ray cluster to join: HOST:PORT, auto (the one `ray start` recorded on this machine) or local "
+        "(an instance of its own); default: $RAY_ADDRESS, else local",
+    )
     p.set_defaults(run=cmd_train)
 
 
@@ -230,7 +236,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     from road_ray.on_ray.train import train_from_cli
 
     summary = train_from_cli(
-        config_path=args.config, overrides=args.overrides, smoke=args.smoke, storage=args.storage, name=args.name
+        config_path=args.config,
+        overrides=args.overrides,
+        smoke=args.smoke,
+        storage=args.storage,
+        name=args.name,
+        address=args.address,
     )
     print(jsonio.dumps(summary))
 
@@ -274,9 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"road-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunStalled as e:
+        print(f"road-ray {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"road-ray {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -237,6 +237,10 @@ class RunConfig:
     max_failures: int = 2
     storage: str = ""  # "" -> ~/road-ray-results
     name: str = ""  # "" -> built from the settings
+    # Stop a run (road-ray train: exit 1; a Tune trial: ERROR) after this many seconds without
+    # progress: Train workers started, a step batch or validation image reached rank 0, or a
+    # report (road_ray/on_ray/watchdog.py). 0 = never. A line says what it waits for after 45 s.
+    stall_timeout_s: float = 600.0
 
 
 @dataclass
@@ -276,6 +280,8 @@ class Config:
             raise ConfigError(
                 f"data.scale_min/scale_max: expected 0 < scale_min <= scale_max, got {self.data.scale_min}, {self.data.scale_max}"
             )
+        if self.run.stall_timeout_s < 0:
+            raise ConfigError(f"run.stall_timeout_s: expected >= 0 (0 = never), got {self.run.stall_timeout_s}")
         if self.run.num_workers < 1:
             raise ConfigError(f"run.num_workers: expected >= 1, got {self.run.num_workers}")
         if self.optim.max_iters < 1:

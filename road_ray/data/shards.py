@@ -222,12 +222,16 @@ def list_shard_files(shard_dir: str) -> list[str]:
 
 
 def iter_rows(shard_dir: str, columns: list[str] | None = None, batch_rows: int = 16) -> Iterator[dict[str, Any]]:
-    """Stream the rows of a shard folder as dicts (no Ray; bounded memory)."""
+    """Stream the rows of a shard folder as dicts (no Ray; bounded memory). A part that cannot
+    be read is a ValueError naming it (pyarrow's own message names no file)."""
     for uri in list_shard_files(shard_dir):
         fs, path = open_fs(uri)
-        pf = pq.ParquetFile(path, filesystem=fs)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-            yield from batch.to_pylist()
+        try:
+            pf = pq.ParquetFile(path, filesystem=fs)
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+                yield from batch.to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(f"{uri}: cannot be read: {str(e).strip().splitlines()[-1]}") from None
 
 
 def count_rows(shard_dir: str) -> int:

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from road_ray import jsonio
+from road_ray.data.shard_check import check_shard_folder
 from road_ray.data.shards import iter_rows
 from road_ray.data.transforms import decode_image, decode_label, normalize
 from road_ray.engine.checkpoint import load_checkpoint, load_student_state, local_checkpoint, read_checkpoint_config
@@ -155,6 +156,13 @@ def resolve_shards(args: argparse.Namespace, cfg: Any, tmp: str) -> str:
     raise ValueError("no data to evaluate on: pass --shards DIR or --dataset NAME --root DIR")
 
 
+def _shards_key(args: argparse.Namespace) -> str:
+    """What chose the split, for error messages."""
+    if args.shards:
+        return "--shards"
+    return f"--dataset {args.dataset}" if args.dataset else "data.target_val (the checkpoint's)"
+
+
 def eval_from_cli(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = resolve_checkpoint(args)
     model, cfg, iteration = load_model(local_checkpoint(checkpoint))  # a URI is fetched first
@@ -167,6 +175,7 @@ def eval_from_cli(args: argparse.Namespace) -> dict[str, Any]:
     label_space = get_label_space(cfg.data.label_space)
     with tempfile.TemporaryDirectory(prefix="road-ray-eval-") as tmp:
         shards = resolve_shards(args, cfg, tmp)
+        check_shard_folder(shards, key=_shards_key(args))  # a damaged part is named before inference
         batches: Iterator[dict[str, Any]] = shard_batches(shards, args.max_images)
         writer = None
         overlays = getattr(args, "save_overlays", None)

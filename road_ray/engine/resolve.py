@@ -68,13 +68,12 @@ def resolve_config(cfg: Config, log=print) -> Config:
 
 
 def check_shard_folders(cfg: Config) -> None:
-    """Fail early, naming the key, when a configured shard folder does not exist."""
-    from road_ray.data.shards import list_shard_files
+    """Fail before the first step, naming the key and the file, when a configured shard folder
+    is missing or empty, one of its parts is damaged (every Parquet footer is read), or it
+    differs from its manifest (``road_ray/data/shard_check.py``)."""
+    from road_ray.data.shard_check import check_shard_folder
 
     for key in DATA_SPLITS:
         path = cfg.data.split(key)
         if path:
-            try:
-                list_shard_files(path)
-            except ValueError as e:
-                raise ValueError(f"data.{key}: {e}") from None
+            check_shard_folder(path, key=f"data.{key}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -31,9 +30,12 @@ from ray.train.torch import TorchTrainer
 
 from road_ray import jsonio
 from road_ray.config import TRAIN_SPLITS, VAL_SPLITS, VALIDATOR_SPLIT, Config, config_from_dict, load_config
+from road_ray.data.shard_check import NamedReadErrors, damaged_shard_in, is_read_error, named_read_error
 from road_ray.engine.loop import LoopHooks, TrainingDiverged, train_loop
 from road_ray.engine.resolve import check_shard_folders, resolve_config
+from road_ray.on_ray.cluster import current_cluster, init_ray, ray_instance  # noqa: F401 - init_ray, ray_instance: re-exported
 from road_ray.on_ray.data import CachedValidation, mixed_domain_batches, train_stream, val_stream
+from road_ray.on_ray.watchdog import Heartbeat, RunNeeds, RunWatchdog, StopWhenStalled, WatchPlan, watched_fit
 from road_ray.paths import default_storage
 from road_ray.storage import absolute, join, read_text, with_scheme, write_text
 
@@ -69,16 +71,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     ``loop_config`` (built by :func:`build_trainer`): ``config`` (``Config.to_dict()``),
     ``val_splits`` (the validation datasets given to the trainer), ``torch_threads``,
-    ``history`` (the run's ``metrics.jsonl``) and ``diverged_marker`` (where rank 0 writes why
-    the loss diverged).
+    ``history`` (the run's ``metrics.jsonl``), ``diverged_marker`` (where rank 0 writes why
+    the loss diverged) and ``watch`` (:class:`~road_ray.on_ray.watchdog.WatchPlan`: rank 0's
+    heartbeat, read by the driver's watchdog).
     """
     cfg = config_from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(loop_config.get("torch_threads", 1))))
+    heartbeat = Heartbeat(loop_config.get("watch") if rank == 0 else None)
+    heartbeat.beat("started")
     with resumed_checkpoint() as resume_dir:
         hooks = LoopHooks(
-            report=RunReporter(rank, loop_config["history"]),
+            report=RunReporter(rank, loop_config["history"], heartbeat),
             device=ray.train.torch.get_device(),
             rank=rank,
             world_size=world_size,
@@ -89,7 +94,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             launched_at=loop_config.get("launched_at"),
         )
         try:
-            train_loop(cfg, _step_batches(cfg), _validation_batches(loop_config["val_splits"]), hooks)
+            train_loop(
+                cfg,
+                heartbeat.each(_step_batches(cfg), "step"),
+                _validation_batches(cfg, loop_config["val_splits"], heartbeat),
+                hooks,
+            )
         except TrainingDiverged as e:
             # Mark the run instead of crashing: a crash would be retried from the checkpoint and
             # diverge again. The driver reads the marker (run_outcome) and stops with this reason.
@@ -97,11 +107,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 write_text(loop_config["diverged_marker"], str(e))
 
 
+def _shard(cfg: Config, name: str) -> NamedReadErrors:
+    """This worker's shard of dataset ``name``; a read error names the config key and the part."""
+    key = "target" if name == VALIDATOR_SPLIT else name  # the validators read target-train images
+    return NamedReadErrors(ray.train.get_dataset_shard(name), f"data.{key}", cfg.data.split(key) or "")
+
+
 def _step_batches(cfg: Config):
     """This worker's step batches: its shards of the ``source`` and ``target`` train streams."""
     return mixed_domain_batches(
-        ray.train.get_dataset_shard("source"),
-        ray.train.get_dataset_shard("target"),
+        _shard(cfg, "source"),
+        _shard(cfg, "target"),
         batch_source=cfg.data.batch_source,
         batch_target=cfg.data.batch_target,
         prefetch_batches=cfg.data.prefetch_batches,
@@ -109,13 +125,16 @@ def _step_batches(cfg: Config):
     )
 
 
-def _validation_batches(names: list[str]) -> Callable[[str], Iterator[dict[str, Any]]]:
+def _validation_batches(
+    cfg: Config, names: list[str], heartbeat: Heartbeat
+) -> Callable[[str], Iterator[dict[str, Any]]]:
     """``val_batches(name)`` for the loop: a KeyError for a split the run has not configured.
 
     Validation images stay in the worker's memory after the first evaluation when they fit
-    (:class:`road_ray.on_ray.data.CachedValidation`)."""
-    splits = {name: CachedValidation(lambda name=name: ray.train.get_dataset_shard(name)) for name in names}
-    return lambda name: splits[name]()
+    (:class:`road_ray.on_ray.data.CachedValidation`); every image is a heartbeat, so a long
+    evaluation is progress for the watchdog."""
+    splits = {name: CachedValidation(lambda name=name: _shard(cfg, name)) for name in names}
+    return lambda name: heartbeat.each(splits[name](), "eval")
 
 
 def _all_reduce(t: torch.Tensor) -> None:
@@ -149,9 +168,10 @@ class RunReporter:
     group reads it back and appends, so a repeated iteration shows twice.
     """
 
-    def __init__(self, rank: int, history_uri: str) -> None:
+    def __init__(self, rank: int, history_uri: str, heartbeat: Heartbeat | None = None) -> None:
         self.rank, self.history_uri = rank, history_uri
         self.history = (read_text(history_uri) or "") if rank == 0 else ""
+        self.heartbeat = heartbeat or Heartbeat(None)
 
     def __call__(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         if self.rank == 0:
@@ -163,6 +183,7 @@ class RunReporter:
             checkpoint=checkpoint,
             checkpoint_dir_name=f"checkpoint_{int(metrics['iter']):07d}" if checkpoint else None,
         )
+        self.heartbeat.beat("report")
 
 
 HISTORY_FILE = "metrics.jsonl"
@@ -198,29 +219,18 @@ def build_trainer(
     callbacks: list | None = None,
     torch_threads: int = 1,
     worker: Callable[[dict[str, Any]], None] = train_worker,
+    watch: WatchPlan | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for one run; the datasets are Ray Data streams of the configured shards.
 
     ``worker``: the per-worker function, :func:`train_worker`; a test may pass one that wraps it
     (e.g. to kill a worker mid-run). It is pickled to the workers, so it must be importable
-    there or pickled by value.
+    there or pickled by value. ``watch``: where this launch's heartbeat and stop marker go
+    (:func:`fit_watched` makes one; default: a new one nobody watches).
     """
-    use_gpu = torch.cuda.is_available() if cfg.run.use_gpu is None else cfg.run.use_gpu
-    datasets = {
-        "source": train_stream(cfg.data.source, cfg.data, seed=cfg.run.seed, labeled=True),
-        "target": train_stream(cfg.data.target, cfg.data, seed=cfg.run.seed + 1, labeled=False),
-    }
-    val_splits = []
-    for key in VAL_SPLITS:
-        path = cfg.data.split(key)
-        if path:
-            datasets[key] = val_stream(path, cfg.data, max_images=cfg.data.max_val_images)
-            val_splits.append(key)
-    if cfg.validators.enabled:  # the label-free validators' unlabelled target-train images (never target-val)
-        datasets[VALIDATOR_SPLIT] = val_stream(
-            cfg.data.target, cfg.data, max_images=cfg.validators.max_images, labeled=False
-        )
-        val_splits.append(VALIDATOR_SPLIT)
+    watch = watch or WatchPlan.for_run(absolute(storage), name)
+    use_gpu = uses_gpu(cfg)
+    datasets, val_splits = _datasets(cfg)
     storage_path = absolute(storage)
     return TorchTrainer(
         worker,
@@ -230,6 +240,7 @@ def build_trainer(
             "torch_threads": torch_threads,
             "diverged_marker": diverged_marker(storage_path, name),
             "history": join(storage_path, name, HISTORY_FILE),
+            "watch": watch.to_dict(),
             # the run's timeline starts here, so that its start-up includes Ray Train's own
             # (worker group, datasets); a cluster's clocks are NTP-synchronised
             "launched_at": time.time(),
@@ -242,7 +253,7 @@ def build_trainer(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=callbacks or [],
+            callbacks=[*(callbacks or []), StopWhenStalled(watch)],
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max"
@@ -251,6 +262,34 @@ def build_trainer(
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=list(TRAIN_SPLITS)),
     )
+
+
+def _datasets(cfg: Config) -> tuple[dict[str, Any], list[str]]:
+    """The Ray Data streams of a run, and the names of its validation datasets. Ray samples some
+    parts when it plans a read; an error there names the config key and the part."""
+    plans: dict[str, tuple[str, Callable[[], Any]]] = {
+        "source": ("source", lambda: train_stream(cfg.data.source, cfg.data, seed=cfg.run.seed, labeled=True)),
+        "target": ("target", lambda: train_stream(cfg.data.target, cfg.data, seed=cfg.run.seed + 1, labeled=False)),
+    }
+    for key in VAL_SPLITS:
+        path = cfg.data.split(key)
+        if path:
+            plans[key] = (key, lambda path=path: val_stream(path, cfg.data, max_images=cfg.data.max_val_images))
+    if cfg.validators.enabled:  # the label-free validators' unlabelled target-train images (never target-val)
+        limit = cfg.validators.max_images
+        plans[VALIDATOR_SPLIT] = (
+            "target",
+            lambda: val_stream(cfg.data.target, cfg.data, max_images=limit, labeled=False),
+        )
+    datasets = {}
+    for name, (key, plan) in plans.items():
+        try:
+            datasets[name] = plan()
+        except Exception as e:
+            if not is_read_error(e):
+                raise
+            raise named_read_error(f"data.{key}", cfg.data.split(key) or "", e) from None
+    return datasets, [name for name in plans if name not in TRAIN_SPLITS]
 
 
 def run_outcome(result: ray.train.Result, storage: str, name: str) -> dict[str, Any]:
@@ -280,76 +319,64 @@ def run_outcome(result: ray.train.Result, storage: str, name: str) -> dict[str, 
     }
 
 
-def init_ray(
-    num_cpus: int | None = None, *, object_store_memory: int | None = None, log_to_driver: bool = True
-) -> None:
-    """Connect to ``RAY_ADDRESS`` when set (a job on a cluster), else start a local instance.
-
-    A local instance runs its dashboard and tells its workers where it is: Ray's State API,
-    which Train's placement-group cleaner uses when a run ends early (ASHA), otherwise finds
-    "the" local cluster by scanning processes and fails when another Ray instance runs on the
-    machine; the stopped run's placement group would then starve the next one.
-    """
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()  # passing resources (num_cpus, ...) while connecting to a cluster is an error
-    else:
-        # Fractional-CPU map tasks make Ray kill idle workers past the CPU count, so every
-        # epoch would start fresh ones (re-importing pyarrow/cv2): keep a few more alive.
-        os.environ.setdefault("RAY_num_workers_soft_limit", "6")
-        # Ray starts its workers at nice 15, so on a small machine every other process (Ray's
-        # own daemons included) preempts the training step: `road-ray bench step` measured the
-        # step in a Train worker 5% slower than bare (1.051), 0.97 at nice 0.
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        port = _free_port()
-        ray.init(
-            num_cpus=num_cpus,
-            object_store_memory=object_store_memory,
-            log_to_driver=log_to_driver,
-            include_dashboard=True,
-            dashboard_port=port,
-            runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
-        )
-    ray.data.DataContext.get_current().enable_progress_bars = False
+def uses_gpu(cfg: Config) -> bool:
+    return torch.cuda.is_available() if cfg.run.use_gpu is None else cfg.run.use_gpu
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def ray_instance(**init_options: Any) -> Iterator[None]:
-    """:func:`init_ray` for the ``with`` block; stops Ray afterwards only if this call started it
-    (a bench run inside a test session or a notebook leaves their instance alone)."""
-    started = not ray.is_initialized()
-    init_ray(**init_options)
+def fit_watched(
+    cfg: Config, *, storage: str, name: str, log=print, in_sweep: bool = False, **trainer_options: Any
+) -> ray.train.Result:
+    """:func:`build_trainer` + ``fit()`` under a :class:`~road_ray.on_ray.watchdog.RunWatchdog`:
+    a quiet run says what it waits for, and stops with RunStalled after ``run.stall_timeout_s``."""
+    watch = WatchPlan.for_run(absolute(storage), name)
+    choice = current_cluster()
+    needs = RunNeeds(
+        num_workers=cfg.run.num_workers,
+        cpus_per_worker=cfg.run.cpus_per_worker,
+        gpus_per_worker=1 if uses_gpu(cfg) else 0,
+        data_cpus=cfg.data.cpus_per_map_task,
+        cluster=choice.describe(),
+        joined=not choice.is_local,
+        in_sweep=in_sweep,
+    )
+    watchdog = RunWatchdog(watch, run=name, stall_timeout_s=cfg.run.stall_timeout_s, explain=needs.explain, log=log)
     try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
+        return watched_fit(
+            lambda: build_trainer(cfg, storage=storage, name=name, watch=watch, **trainer_options), watchdog
+        )
+    except ray.train.TrainingFailedError as e:
+        damaged = damaged_shard_in(e)  # a worker met a damaged part: one line, not Ray's traceback
+        if damaged is None:
+            raise
+        raise damaged from None
 
 
-def run_training(cfg: Config, storage: str | None = None, name: str | None = None, log=print) -> dict[str, Any]:
-    """Resolve inputs, run one TorchTrainer to the end, return its summary."""
+def run_training(
+    cfg: Config, storage: str | None = None, name: str | None = None, log=print, address: str | None = None
+) -> dict[str, Any]:
+    """Resolve inputs, run one TorchTrainer to the end, return its summary.
+
+    ``address``: the Ray cluster to join (see :func:`road_ray.on_ray.cluster.init_ray`: default
+    ``RAY_ADDRESS``, else a local instance of its own). Raises RunStalled (one line) when the run
+    made no progress for ``run.stall_timeout_s`` seconds.
+    """
     cfg = resolve_config(cfg, log=log)
     check_shard_folders(cfg)
     storage = storage or cfg.run.storage or default_storage()
     storage = absolute(storage)
     name = name or run_name(cfg)
-    init_ray()
+    init_ray(address=address, log=log)
     log(f"[train] run {name} in {storage}")
-    trainer = build_trainer(cfg, storage=storage, name=name)
-    return run_outcome(trainer.fit(), storage, name)
+    return run_outcome(fit_watched(cfg, storage=storage, name=name, log=log), storage, name)
 
 
 def train_from_cli(
-    config_path: str | None, overrides: list[str], smoke: bool, storage: str | None, name: str | None
+    config_path: str | None,
+    overrides: list[str],
+    smoke: bool,
+    storage: str | None,
+    name: str | None,
+    address: str | None = None,
 ) -> dict[str, Any]:
     cfg = load_config(config_path, overrides, smoke=smoke)
-    return run_training(cfg, storage=storage, name=name)
+    return run_training(cfg, storage=storage, name=name, address=address)

@@ -42,7 +42,8 @@ from ray import tune
 from road_ray import jsonio
 from road_ray.config import Config, config_from_dict
 from road_ray.engine.loop import TrainingDiverged
-from road_ray.on_ray.train import build_trainer, diverged_marker, init_ray, run_name, run_outcome
+from road_ray.engine.resolve import check_shard_folders
+from road_ray.on_ray.train import diverged_marker, fit_watched, init_ray, run_name, run_outcome
 from road_ray.paths import default_storage
 from road_ray.storage import absolute, join, read_text, write_text
 from road_ray.sweeps import results
@@ -72,14 +73,18 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
     reason = read_text(diverged_marker(storage, name))
     if reason is not None:
         raise TrainingDiverged(reason)
-    trainer = build_trainer(
+    check_shard_folders(cfg)  # this trial's shards (a space may vary them): a damaged part is named
+    # A run without progress for run.stall_timeout_s raises RunStalled: an ERROR trial with that
+    # reason, and the sweep goes on (road_ray/on_ray/watchdog.py).
+    result = fit_watched(
         cfg,
         storage=storage,
         name=name,
+        in_sweep=True,
         callbacks=[TuneReportCallback()],
         torch_threads=max(1, int(cfg.run.cpus_per_worker)),
     )
-    run_outcome(trainer.fit(), storage, name)  # raises TrainingDiverged: the trial is marked ERROR
+    run_outcome(result, storage, name)  # raises TrainingDiverged: the trial is marked ERROR
 
 
 def train_run_name(trial_id: str, cfg: Config) -> str:
@@ -109,12 +114,14 @@ def run_sweep(
     max_concurrent: int | None = None,
     select: str | None = None,
     overrides: list[str] | None = None,
+    address: str | None = None,
     log=print,
 ) -> SweepOutcome:
     """Run (or resume) a sweep to the end and return its table and best checkpoint.
 
     All input errors (bad space, unknown key, missing shards, an existing experiment without
-    ``--resume``) are raised before Ray starts or any trial runs.
+    ``--resume``) are raised before Ray starts or any trial runs. ``address``: the Ray cluster to
+    join (default ``RAY_ADDRESS``, else a local instance of its own; :func:`start_ray`).
     """
     storage = absolute(storage or default_storage())
     if resume:
@@ -126,7 +133,7 @@ def run_sweep(
         experiment_dir = new_experiment_dir(storage, name, spec)
         sweep = new_record(spec, experiment_dir, smoke=smoke, log=log)
 
-    start_ray()
+    start_ray(address, log=log)
     if sweep["base_config"]["run"]["use_gpu"] is None:
         # Decided here for the whole cluster: a trial's driver may sit on a node without GPUs.
         sweep["base_config"]["run"]["use_gpu"] = ray.cluster_resources().get("GPU", 0) > 0
@@ -165,12 +172,10 @@ def _new_tuner(
     return build_tuner(spec, sweep, trainable, experiment_dir, concurrency, optuna_storage)
 
 
-def start_ray() -> None:
-    """Connect to RAY_ADDRESS (``ray job submit``), or start a local instance (see ``init_ray``)."""
-    import ray.data
-
-    init_ray()
-    ray.data.DataContext.get_current().enable_progress_bars = False
+def start_ray(address: str | None = None, log=print) -> None:
+    """Join ``address`` or ``RAY_ADDRESS`` (``ray job submit`` sets it), else start a local
+    instance of its own (:func:`road_ray.on_ray.cluster.init_ray`); one line says which."""
+    init_ray(address=address, log=log)
 
 
 def provenance() -> dict[str, Any]:
