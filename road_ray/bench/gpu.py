@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,7 +209,8 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     smoke = bool(o["smoke"])
     c = Check(device, SIZES["smoke" if smoke else "gpu"], smoke, o["peak_tflops"], o["seed"], progress, {})
     start = time.perf_counter()
-    run_parts(c, start)
+    with stdout_to_stderr():
+        run_parts(c, start)
     wall = time.perf_counter() - start
     failed = [name for name, r in c.results.items() if r["status"] == "failed"]
     return {
@@ -249,6 +252,21 @@ def run_parts(c: Check, start: float) -> None:
                 c.results[part.name] = {"status": "failed", "budget_s": part.budget_s, "error": ray_state}
                 continue
             c.results[part.name] = run_part(part, c, left)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Everything written to stdout meanwhile (Ray's and the libraries' own lines, at the file
+    descriptor) goes to stderr: stdout carries the one JSON of the check and nothing else."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _ray():
