@@ -234,7 +234,8 @@ def _figures(times, flops, setup: StepSetup, device, precision, peak_override) -
 
 
 def _all_figures(times, flops, setup, device, precision, peak_override, kernels) -> dict[str, Any]:
-    figures = {**_figures(times, flops, setup, device, precision, peak_override)}
+    """The step's figures, then the measured peak's, and the targets of both."""
+    figures = _figures(times, flops, setup, device, precision, peak_override)
     figures.update(_peak_figures(times["road"], flops["road"], kernels, precision))
     ratio = figures["step_over_peak"]
     figures["targets"]["step_over_peak_met"] = (
@@ -269,6 +270,10 @@ def _notes(o: dict[str, Any]) -> list[str]:
             "ray: a one-worker TorchTrainer (no DDP wrapper at world size 1, as road_ray.on_ray.train does) with "
             "the driver's torch thread count (--threads); note that build_trainer's default torch_threads=1 "
             "runs the real training's step on one thread whatever the cores"
+        )
+    if o["peak"] and o.get("smoke"):
+        notes.append(
+            "smoke: the peak kernels are toy-sized (bench/peak.py SHAPES['toy']), so no peak: step_over_peak means nothing"
         )
     return notes
 
