@@ -119,43 +119,44 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="speed ratios measured side by side in one run",
         description="Speed as ratios of variants measured side by side in one run (medians of interleaved "
-        "rounds): step = ROAD step vs a plain supervised step, vs the same step inside Ray Train, and the share "
-        "of each ROAD term; data = Ray Data crops/s vs a PyTorch DataLoader, vs the step's consumption, PNG vs "
-        "JPEG shards; eval = whole-image vs sliding-window evaluation images/s. A progress line per phase goes "
-        "to stderr, a table to stdout.",
+        "rounds): step = ROAD step vs a plain supervised step, vs the same step inside Ray Train, the share "
+        "of each ROAD term, and the step's FLOP/s against the machine's measured peak; data = Ray Data crops/s "
+        "vs a PyTorch DataLoader, vs the step's consumption, PNG vs JPEG shards; eval = whole-image vs "
+        "sliding-window evaluation images/s; trial = where one real training run's time goes (train_share); "
+        "gpu = the one GPU check (needs CUDA; one JSON). A progress line per phase goes to stderr, a table to "
+        "stdout.",
     )
-    p.add_argument("what", choices=["step", "data", "eval"])
+    p.add_argument("what", choices=["step", "data", "eval", "trial", "gpu"])
     p.add_argument("--json", metavar="FILE", help="write the figures, the settings and the machine as JSON")
-    p.add_argument(
-        "--network", help="ARCH-BACKBONE, e.g. deeplabv2-small (default), deeplabv2-resnet101, pspnet-resnet101"
+    options: list[str] = []  # every bench option's name: what cmd_bench hands run_bench
+
+    def option(*flags: str, **kwargs) -> None:
+        options.append(p.add_argument(*flags, **kwargs).dest)
+
+    option("--network", help="ARCH-BACKBONE, e.g. deeplabv2-small (default), deeplabv2-resnet101, pspnet-resnet101")
+    option("--crop", type=int, help="crop side in pixels (default 161; eval: the sliding window)")
+    option("--batch", type=int, help="crops per domain per step (default 5, i.e. 5 source + 5 target)")
+    option(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="default auto, as run.precision: bf16 on GPUs and on CPUs with native bf16, else fp32",
     )
-    p.add_argument("--crop", type=int, help="crop side in pixels (default 161; eval: the sliding window)")
-    p.add_argument("--batch", type=int, help="crops per domain per step (default 5, i.e. 5 source + 5 target)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="default auto: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N")
-    p.add_argument("--teacher-layer", help="step: the distilled tap (default: the backbone's last stage, e.g. layer4)")
-    p.add_argument("--repeats", type=int, help="measured rounds (medians are taken over them)")
-    p.add_argument("--warmup", type=int, help="untimed calls of each variant first")
-    p.add_argument(
-        "--smoke", action="store_true", default=None, help="toy sizes (MiniCity small, tiny crops, 1-2 rounds)"
-    )
-    p.add_argument(
-        "--no-ray",
-        dest="ray",
-        action="store_false",
-        default=None,
-        help="step: skip the Ray Train variant (no Ray started)",
-    )
-    p.add_argument("--threads", type=int, help="torch threads of the measured process (step: and of the Ray worker)")
-    p.add_argument(
-        "--peak-tflops", type=float, help="step: the device's peak TFLOP/s for MFU (default: a table by GPU name)"
-    )
-    p.add_argument(
-        "--workers", type=int, help="data: CPU workers of Ray Data and of the DataLoader (default: all cores)"
-    )
-    p.add_argument("--steps", type=int, help="data: timed batches per measurement")
-    p.add_argument("--images", type=int, help="eval: images of target_val per pass (default: all)")
-    p.set_defaults(run=cmd_bench)
+    option("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N")
+    option("--teacher-layer", help="step: the distilled tap (default: the backbone's last stage, e.g. layer4)")
+    option("--repeats", type=int, help="measured rounds (medians are taken over them)")
+    option("--warmup", type=int, help="untimed calls of each variant first")
+    option("--smoke", action="store_true", default=None, help="toy sizes (MiniCity small, tiny crops, 1-2 rounds)")
+    option("--no-ray", dest="ray", action="store_false", default=None, help="step: skip the Ray Train variant")
+    option("--no-peak", dest="peak", action="store_false", default=None, help="step: skip the measured peak")
+    option("--threads", type=int, help="torch threads of the measured process (step: and of the Ray worker)")
+    option("--peak-tflops", type=float, help="step, gpu: the device's peak TFLOP/s for MFU (default: a table by GPU)")
+    option("--workers", type=int, help="data: CPU workers of Ray Data and of the DataLoader (default: all cores)")
+    option("--steps", type=int, help="data: timed batches per measurement")
+    option("--images", type=int, help="eval: images of target_val per pass (default: all)")
+    option("--iters", type=int, help="trial: training iterations of the run (default 480)")
+    option("--eval-every", type=int, help="trial: iterations between evaluations (default 160)")
+    option("--allow-cpu", action="store_true", default=None, help="gpu: with --smoke, the CPU test path")
+    p.set_defaults(run=cmd_bench, bench_options=options)
 
 
 def _add_import_weights(sub: argparse._SubParsersAction) -> None:
@@ -261,24 +262,10 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from road_ray.bench import run_bench
 
-    names = (
-        "network",
-        "crop",
-        "batch",
-        "precision",
-        "device",
-        "teacher_layer",
-        "repeats",
-        "warmup",
-        "smoke",
-        "ray",
-        "threads",
-        "peak_tflops",
-        "workers",
-        "steps",
-        "images",
-    )
-    run_bench(args.what, args.json, **{name: getattr(args, name) for name in names})
+    result = run_bench(args.what, args.json, **{name: getattr(args, name) for name in args.bench_options})
+    if result.get("ok") is False:  # bench gpu: a part failed (its error is in the JSON)
+        print(f"road-ray bench {args.what}: failed parts: {', '.join(result['failed_parts'])}", file=sys.stderr)
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,8 +28,15 @@ from typing import Any
 import torch
 
 from road_ray import jsonio
+from road_ray.engine import precision as run_precision
 
-BENCHES: dict[str, str] = {"step": "road_ray.bench.step", "data": "road_ray.bench.data", "eval": "road_ray.bench.eval"}
+BENCHES: dict[str, str] = {
+    "step": "road_ray.bench.step",
+    "data": "road_ray.bench.data",
+    "eval": "road_ray.bench.eval",
+    "trial": "road_ray.bench.trial",
+    "gpu": "road_ray.bench.gpu",
+}
 
 
 def run_bench(what: str, json_path: str | None = None, **options: Any) -> dict[str, Any]:
@@ -142,12 +149,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"``: bf16 on GPU, fp32 on CPU (as the training loop's ``autocast_dtype``)."""
+    """``"fp32"`` or ``"bf16"``: the training run's own rule (``run.precision=auto``,
+    ``road_ray/engine/precision.py``: bf16 on GPUs and on CPUs with native bf16, else fp32)."""
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"--precision {precision!r}: expected auto, fp32 or bf16")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
+    return run_precision.resolve_precision(precision, device)
 
 
 def parse_network(network: str) -> tuple[str, str]:

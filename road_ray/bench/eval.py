@@ -181,19 +181,26 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     }
 
 
-def _pass_runner(o: dict[str, Any], device: torch.device, precision: str):
-    """``run_pass(mode, batches)``: one ``evaluate`` of a random-weight network over ``batches``."""
+def _random_model(network: str, device: torch.device, seed: int) -> torch.nn.Module:
+    """A random-weight segmenter of ``network`` on ``device`` (channels_last on CUDA, as build_objective)."""
     from road_ray.config import ModelConfig
-    from road_ray.engine.evaluate import EvalSettings, evaluate
-    from road_ray.labels import get_label_space
     from road_ray.models import build_segmenter
 
-    arch, backbone = parse_network(o["network"])
-    amp = torch.bfloat16 if precision == "bf16" else None
-    torch.manual_seed(o["seed"])
+    arch, backbone = parse_network(network)
+    torch.manual_seed(seed)
     model = build_segmenter(ModelConfig(arch=arch, backbone=backbone, pretrained="none")).to(device)
     if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)  # as build_objective does
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _pass_runner(o: dict[str, Any], device: torch.device, precision: str):
+    """``run_pass(mode, batches)``: one ``evaluate`` of a random-weight network over ``batches``."""
+    from road_ray.engine.evaluate import EvalSettings, evaluate
+    from road_ray.labels import get_label_space
+
+    amp = torch.bfloat16 if precision == "bf16" else None
+    model = _random_model(o["network"], device, o["seed"])
     label_space = get_label_space("cityscapes19")
     settings = {mode: EvalSettings(mode=mode, scale=1.0, window=o["crop"], autocast_dtype=amp) for mode in MODES}
 
@@ -204,6 +211,52 @@ def _pass_runner(o: dict[str, Any], device: torch.device, precision: str):
         return scores
 
     return run_pass
+
+
+def whole_image_rate(
+    network: str,
+    device: torch.device,
+    precision: str,
+    *,
+    label_hw: tuple[int, int] = (1024, 2048),
+    scale: float = 0.5,
+    images: int = 8,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Images/s of whole-image evaluation at ``scale`` of ``label_hw`` images (default: the network sees
+    1024×512, its logits are upsampled to the 2048×1024 labels, the paper's Cityscapes protocol).
+
+    Synthetic uint8-range images and labels, in memory; each of ``repeats`` passes over ``images``
+    images is one ``evaluate`` call (transfer, inference, entropy, confusion matrix included)."""
+    from road_ray.engine.evaluate import EvalSettings, evaluate
+    from road_ray.labels import NUM_CLASSES, get_label_space
+
+    model = _random_model(network, device, seed)
+    g = torch.Generator().manual_seed(seed)
+    h, w = label_hw
+    batches = [
+        {
+            "image": torch.rand(1, 3, h, w, generator=g) * 2 - 1,
+            "label": torch.randint(0, NUM_CLASSES, (1, h, w), generator=g),
+            "id": [f"synthetic-{i}"],
+        }
+        for i in range(images)
+    ]
+    amp = torch.bfloat16 if precision == "bf16" else None
+    settings = EvalSettings(mode="whole", scale=scale, autocast_dtype=amp)
+    space = get_label_space("cityscapes19")
+    evaluate(model, batches[:1], space, settings, device)  # warm-up: allocations, cuDNN algorithms
+    seconds = [timed(lambda: evaluate(model, batches, space, settings, device), device) for _ in range(repeats)]
+    return {
+        "network": network,
+        "label_size": f"{w}x{h}",
+        "network_input": f"{round(w * scale)}x{round(h * scale)}",
+        "images_per_pass": images,
+        "precision": precision,
+        "images_per_s": images / median(seconds),
+        "pass_s": spread(seconds),
+    }
 
 
 def _time_chunks(run_pass, batches, chunk: int, repeats: int, device: torch.device, progress: Progress):

@@ -23,8 +23,12 @@ times, in a rotated order:
   start-up): ``ray / road`` is the overhead of running inside Ray Train.
 
 FLOPs are counted once per variant with ``torch.utils.flop_counter.FlopCounterMode``; achieved
-TFLOP/s = FLOPs / median time, MFU = achieved / the device's peak (table below, or
-``peak_tflops``). The networks are randomly initialised (``model.pretrained="none"`` with
+TFLOP/s = FLOPs / median time, MFU = achieved / the device's datasheet peak (``step_setup.py``'s
+table, or ``peak_tflops``). Every round also times the machine's own measured peak
+(``bench/peak.py``: a large matmul and a large 3×3 convolution, fp32 and bf16, in this process
+and with its threads): ``step_over_peak`` = the ROAD step's FLOP/s / the peak of the precision
+it runs in, per round, median (the physical limit on a CPU, where no datasheet peak applies).
+The precision follows ``run.precision=auto`` (``road_ray/engine/precision.py``). The networks are randomly initialised (``model.pretrained="none"`` with
 ``allow_untrained_teacher``): weights do not change what a step costs.
 """
 
@@ -45,6 +49,7 @@ from road_ray.bench.common import (
     spread,
     timed,
 )
+from road_ray.bench.peak import PeakKernel, build_kernels, kernel_details, over_peak, peak_gflops, time_kernels
 from road_ray.bench.step_setup import StepSetup, bench_config, peak_tflops, synthetic_batch
 from road_ray.config import Config
 
@@ -60,6 +65,7 @@ OPTIONS = (
     "smoke",
     "ray",
     "peak_tflops",
+    "peak",
     "seed",
 )
 DEFAULTS: dict[str, Any] = {
@@ -73,11 +79,12 @@ DEFAULTS: dict[str, Any] = {
     "warmup": 2,
     "ray": True,
     "peak_tflops": None,
+    "peak": True,
     "seed": 0,
 }
 SMOKE: dict[str, Any] = {"crop": 48, "batch": 2, "repeats": 2, "warmup": 1}
 
-TARGETS = {"road_over_plain_max": 1.25, "ray_over_bare_max": 1.05}
+TARGETS = {"road_over_plain_max": 1.25, "ray_over_bare_max": 1.05, "step_over_peak_min": 0.5}
 UNTRAINED_NOTE = (
     "networks randomly initialised (model.pretrained='none', allow_untrained_teacher=True): fine for "
     "timing, weights do not change the cost of a step"
@@ -105,6 +112,9 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     setup.warm_up(o["warmup"])
     progress(f"warmed up ({o['warmup']} calls of each variant); counting FLOPs")
     flops = setup.flops()
+    kernels = build_kernels(device, toy=bool(o.get("smoke"))) if o["peak"] else []
+    if kernels:
+        progress("peak kernels calibrated: " + ", ".join(f"{k.name} x{k.reps}" for k in kernels))
 
     names = list(ops)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -112,6 +122,7 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     def driver_round(r: int) -> None:
         for name in rotated(names, r):
             times[name].append(timed(ops[name], device))
+        time_kernels(kernels, device)  # the peak, in the same round as the step it is compared with
         progress(f"round {r + 1}/{o['repeats']}: " + ", ".join(f"{n} {times[n][-1]:.4g}s" for n in names))
 
     ray_result = None
@@ -136,7 +147,7 @@ def bench(progress: Progress, **options: Any) -> dict[str, Any]:
     progress("done")
     return {
         "settings": {**_settings(o, cfg, device, precision, threads), "parameters": parameters},
-        "figures": _figures(times, flops, setup, device, precision, o["peak_tflops"]),
+        "figures": _all_figures(times, flops, setup, device, precision, o["peak_tflops"], kernels),
         "ray_worker": None if ray_result is None else {k: v for k, v in ray_result.items() if k != "times"},
         "notes": _notes(o),
     }
@@ -166,6 +177,7 @@ def _settings(o: dict[str, Any], cfg: Config, device: torch.device, precision: s
         "pretrained": "none",
         "allow_untrained_teacher": True,
         "seed": o["seed"],
+        "measured_peak": bool(o["peak"]),
         "batch": (
             "synthetic: uniform uint8 images and random uint8 labels (5% ignore), as Ray Data delivers them, "
             "through road_ray.engine.loop.to_device (normalized, int64 labels); valid random crop boxes"
@@ -223,6 +235,36 @@ def _figures(times, flops, setup: StepSetup, device, precision, peak_override) -
     return figures
 
 
+def _all_figures(times, flops, setup, device, precision, peak_override, kernels) -> dict[str, Any]:
+    """The step's figures, then the measured peak's, and the targets of both."""
+    figures = _figures(times, flops, setup, device, precision, peak_override)
+    figures.update(_peak_figures(times["road"], flops["road"], kernels, precision))
+    ratio = figures["step_over_peak"]
+    figures["targets"]["step_over_peak_met"] = (
+        None if ratio is None else ratio["conv3x3"] >= TARGETS["step_over_peak_min"]
+    )
+    return figures
+
+
+def _peak_figures(road: list[float], road_flops: int, kernels: list[PeakKernel], precision: str) -> dict[str, Any]:
+    """The measured peak and the ROAD step against it (``None`` throughout with ``peak=False``)."""
+    if not kernels:
+        return {"peak_gflops": None, "peak_kernels": None, "step_gflops": None, "step_over_peak": None}
+    ratios = over_peak(road_flops, road, kernels, precision)
+    return {
+        "peak_gflops": peak_gflops(kernels),
+        "peak_kernels": kernel_details(kernels),
+        "step_gflops": road_flops / median(road) / 1e9,
+        "step_precision": precision,
+        "step_over_peak": ratios,
+        "peak_method": (
+            "bench/peak.py: matmul and 256->256 3x3 convolution in fp32 and bf16, timed once per round in this "
+            "process with its threads; conv peak = the faster memory layout; step_over_peak = ROAD step FLOP/s / "
+            f"the {precision} peak, per round, median"
+        ),
+    }
+
+
 def _notes(o: dict[str, Any]) -> list[str]:
     notes = [UNTRAINED_NOTE]
     if o["ray"]:
@@ -230,6 +272,10 @@ def _notes(o: dict[str, Any]) -> list[str]:
             "ray: a one-worker TorchTrainer (no DDP wrapper at world size 1, as road_ray.on_ray.train does) with "
             "the driver's torch thread count (--threads); note that build_trainer's default torch_threads=1 "
             "runs the real training's step on one thread whatever the cores"
+        )
+    if o["peak"] and o.get("smoke"):
+        notes.append(
+            "smoke: the peak kernels are toy-sized (bench/peak.py SHAPES['toy']), so no peak: step_over_peak means nothing"
         )
     return notes
 
@@ -253,6 +299,7 @@ def table(result: dict[str, Any]) -> str:
         (f"TFLOP/s: {k}", f"{v:.4g}" + (f" (MFU {100 * f['mfu'][k]:.1f}%)" if f["mfu"][k] else ""))
         for k, v in f["tflops_achieved"].items()
     ]
+    rows += _peak_rows(f)
     m = result["machine"]
     title = (
         f"bench step: {s['network']} crop {s['crop']} {s['batch_per_domain']}+{s['batch_per_domain']} "
@@ -260,6 +307,25 @@ def table(result: dict[str, Any]) -> str:
         f"{m['load_avg_end']:.1f}"
     )
     return format_table(title, rows)
+
+
+def _peak_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
+    """The measured peak, the step against it, and plainly whether it is below the target."""
+    peak = f["peak_gflops"]
+    if peak is None:
+        return [("measured peak", "not measured (--no-peak)")]
+    rows = [(f"peak GFLOP/s: {kind} fp32 / bf16", f"{v['fp32']:.4g} / {v['bf16']:.4g}") for kind, v in peak.items()]
+    p, ratio = f["step_precision"], f["step_over_peak"]
+    rows.append((f"ROAD step GFLOP/s ({p})", f"{f['step_gflops']:.4g}"))
+    target = TARGETS["step_over_peak_min"]
+    verdict = (
+        ""
+        if f["targets"]["step_over_peak_met"]
+        else f"  <- BELOW the target: under {100 * target:.0f}% of the {p} conv peak"
+    )
+    rows.append((f"step / {p} conv3x3 peak (target >= {target:g})", f"{ratio['conv3x3']:.3f}{verdict}"))
+    rows.append((f"step / {p} matmul peak", f"{ratio['matmul']:.3f}"))
+    return rows
 
 
 __all__ = ["bench", "table", "bench_config", "synthetic_batch", "StepSetup", "OPTIONS"]

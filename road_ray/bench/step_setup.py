@@ -27,15 +27,20 @@ from road_ray.engine.optim import build_optimizer
 from road_ray.models.backbones import tap_names
 from road_ray.road import ROADObjective, region_counts, region_index, segmentation_loss, train_step
 
-# Dense peak TFLOP/s by device-name fragment (first match wins): bf16 tensor cores, TF32 tensor
-# cores (fp32 convolutions on GPU use TF32 by default), plain fp32. From the vendors' data sheets.
+# Dense peak TFLOP/s by device-name fragment (first match wins, so "H100 PCIe" before "H100" and
+# "L40S" before "L4"): bf16 tensor cores, TF32 tensor cores (fp32 convolutions on GPU use TF32 by
+# default), plain fp32. From the vendors' datasheets, dense (the "with sparsity" figures halved
+# away): NVIDIA H100 (SXM5 and PCIe), H200 (SXM, same chip as H100 SXM), A100 (SXM and PCIe),
+# L40S, L4 and A10 datasheets; the A10G (AWS) has no datasheet of its own: the A10's figures.
+# torch.cuda.get_device_name says e.g. "NVIDIA H100 80GB HBM3" for an H100 SXM.
 PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
     ("H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2}),
-    ("H100", {"bf16": 989.0, "tf32": 494.0, "fp32": 66.9}),
+    ("H100", {"bf16": 989.0, "tf32": 494.0, "fp32": 66.9}),  # SXM
     ("H200", {"bf16": 989.0, "tf32": 494.0, "fp32": 66.9}),
     ("A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
     ("L40S", {"bf16": 362.0, "tf32": 183.0, "fp32": 91.6}),
     ("L4", {"bf16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    ("A10G", {"bf16": 125.0, "tf32": 62.5, "fp32": 31.2}),
 ]
 
 
@@ -210,13 +215,17 @@ def peak_tflops(device: torch.device, precision: str, override: float | None) ->
             raise ValueError(f"--peak-tflops {override}: expected a positive number")
         return float(override), "--peak-tflops"
     if device.type != "cuda":
-        return None, "unknown for CPUs (give --peak-tflops)"
-    name = torch.cuda.get_device_name(device)
+        return None, "no datasheet peak for CPUs (give --peak-tflops; step_over_peak compares with the measured one)"
     kind = precision if precision == "bf16" else ("tf32" if torch.backends.cudnn.allow_tf32 else "fp32")
+    return datasheet_peak(torch.cuda.get_device_name(device), kind)
+
+
+def datasheet_peak(name: str, kind: str) -> tuple[float | None, str]:
+    """``PEAK_TFLOPS`` of the GPU named ``name`` (``kind``: bf16, tf32 or fp32), or None and why."""
     for fragment, peaks in PEAK_TFLOPS:
         if fragment in name:
-            return peaks[kind], f"table: {fragment} {kind} dense"
+            return peaks[kind], f"table: {fragment} {kind} dense (datasheet)"
     return None, f"{name!r} is not in the peak table (give --peak-tflops)"
 
 
-__all__ = ["PEAK_TFLOPS", "StepSetup", "bench_config", "peak_tflops", "synthetic_batch"]
+__all__ = ["PEAK_TFLOPS", "StepSetup", "bench_config", "datasheet_peak", "peak_tflops", "synthetic_batch"]
