@@ -191,3 +191,15 @@ def test_bench_data_fullres_options_need_resolution():
         run_bench("data", resolution="gta5", network="deeplabv2-small")
     with pytest.raises(ValueError, match="unknown resolution"):
         run_bench("data", resolution="mapillary", ray=False)
+
+
+def test_cached_trees_share_their_rendered_images(tmp_path, monkeypatch):
+    from road_ray.data.fullres_synth import ensure_raw_dataset
+
+    monkeypatch.setenv("ROAD_RAY_HOME", str(tmp_path))
+    big = ensure_raw_dataset("tiny", 5, distinct=2, log=lambda *_: None)
+    small = ensure_raw_dataset("tiny", 2, log=lambda *_: None)  # rendered once, for both
+    images = sorted((big / "images").iterdir())
+    assert len(images) == 5 and all(p.is_symlink() for p in images)
+    assert images[4].resolve() == (small / "images" / "00000.png").resolve()
+    assert ensure_raw_dataset("tiny", 5, distinct=2, log=lambda *_: None) == big  # cached

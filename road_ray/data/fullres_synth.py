@@ -136,8 +136,14 @@ def write_raw_dataset(
 def ensure_raw_dataset(
     resolution: str, images: int, *, distinct: int | None = None, seed: int = 0, workers: int = 1, log=print
 ) -> Path:
-    """The cached raw tree for these settings (written once, under a lock, renamed when whole)."""
+    """The cached raw tree for these settings (written once, under a lock, renamed when whole).
+
+    With ``distinct < images`` the tree links to the cached tree of ``distinct`` images (rendered
+    once for every size that shares them)."""
     distinct = images if distinct is None else min(distinct, images)
+    base = None
+    if distinct < images:
+        base = ensure_raw_dataset(resolution, distinct, seed=seed, workers=workers, log=log)
     key = f"{resolution}-n{images}-d{distinct}-s{seed}-v{FULLRES_VERSION}"
     out = home() / "fullres" / key / "raw"
     done = out.parent / "raw.done"
@@ -149,8 +155,20 @@ def ensure_raw_dataset(
             tmp = out.parent / f".tmp-raw-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            write_raw_dataset(str(tmp), resolution, images, distinct=distinct, seed=seed, workers=workers)
+            if base is None:
+                write_raw_dataset(str(tmp), resolution, images, distinct=distinct, seed=seed, workers=workers)
+            else:
+                link_tree(base, tmp, get_resolution(resolution), images, distinct)
             shutil.rmtree(out, ignore_errors=True)
             tmp.rename(out)
             done.write_text("ok\n")
     return out
+
+
+def link_tree(base: Path, root: Path, res: Resolution, images: int, distinct: int) -> None:
+    """``images`` pairs under ``root``, each a link to pair ``i % distinct`` of the tree at ``base``."""
+    for i in range(images):
+        for src, dst in zip(res.paths(i % distinct), res.paths(i)):
+            link = root / dst
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to((base / src).resolve())
