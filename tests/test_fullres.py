@@ -154,6 +154,10 @@ def test_fullres_bench_smoke_without_ray(tmp_path, monkeypatch):
     assert variants["png@0.5"]["stored_size"] == [66, 120]
     assert all(db > 20 for db in result["figures"]["jpeg_psnr_db"].values())
     assert fullres.cores_per_gpu(60.0, 50.0, 5) == pytest.approx(500 / 60)
+    # the GPU-decode rate's code path, on the CPU (what bench gpu's fullres_stream_rate runs on CUDA)
+    jpeg = result["settings"]["shards"]["jpeg@0.5"]
+    rate = fullres.device_crop_rate(jpeg, DataConfig(crop_size=64, batch_source=2), "cpu", steps=2)
+    assert rate["crops_per_s"] > 0 and rate["device"] == "cpu"
 
 
 PEAK_SCRIPT = """
