@@ -30,6 +30,21 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="MiniCity seed")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
     p.add_argument("--image-format", default="png", choices=["png", "jpeg"], help="image encoding in the shards")
+    p.add_argument("--jpeg-quality", type=int, default=95, help="with --image-format jpeg (default 95)")
+    p.add_argument(
+        "--resize",
+        type=float,
+        default=1.0,
+        metavar="SCALE",
+        help="store the images of --resize-splits SCALE times their size (area; labels nearest), e.g. 0.5 for "
+        "a training base scale of 0.5: recorded in manifest.json (stored_scale); crops and boxes stay those of the "
+        "original image (default 1: full size)",
+    )
+    p.add_argument(
+        "--resize-splits",
+        default="train",
+        help="comma-separated splits that --resize applies to (default train: validation stays full size)",
+    )
     p.add_argument("--shard-mb", type=int, default=256, help="target size of one Parquet part in MB")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared output")
     p.set_defaults(run=cmd_prepare)
@@ -152,7 +167,20 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     option("--peak-tflops", type=float, help="step, gpu: the device's peak TFLOP/s for MFU (default: a table by GPU)")
     option("--workers", type=int, help="data: CPU workers of Ray Data and of the DataLoader (default: all cores)")
     option("--steps", type=int, help="data: timed batches per measurement")
-    option("--images", type=int, help="eval: images of target_val per pass (default: all)")
+    option(
+        "--images", type=int, help="eval: images of target_val per pass (default: all); data --resolution: images made"
+    )
+    option(
+        "--resolution",
+        choices=["gta5", "cityscapes"],
+        help="data: the full-resolution bench (1914x1052 / 2048x1024 images made here; PNG/JPEG, full size/base scale)",
+    )
+    option("--base-scale", type=float, help="data --resolution: the training base scale (default 0.5)")
+    option(
+        "--gpu-steps-per-s",
+        type=float,
+        help="data --resolution: the GPU's ROAD steps/s (2 x batch crops each) for the cores-per-GPU line (default 50)",
+    )
     option("--iters", type=int, help="trial: training iterations of the run (default 480)")
     option("--eval-every", type=int, help="trial: iterations between evaluations (default 160)")
     option("--allow-cpu", action="store_true", default=None, help="gpu: with --smoke, the CPU test path")
@@ -225,6 +253,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
             num_workers=args.workers,
             shard_bytes=args.shard_mb * 1024 * 1024,
             image_format=args.image_format,
+            jpeg_quality=args.jpeg_quality,
+            resize=args.resize,
+            resize_splits=tuple(x.strip() for x in args.resize_splits.split(",") if x.strip()),
             overwrite=args.overwrite,
         )
     splits = {k: v["rows"] for k, v in manifest["splits"].items()}

@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from road_ray.bench.step_setup import StepSetup
 
 OPTIONS = ("network", "crop", "batch", "precision", "device", "workers", "steps", "repeats", "warmup", "smoke", "seed")
+# With --resolution: the full-resolution bench (road_ray/bench/fullres.py) and its options.
+FULLRES_OPTIONS = ("resolution", "images", "base_scale", "gpu_steps_per_s", "ray", "crop", "batch", "steps", "smoke")
+OPTIONS = (*OPTIONS, *(name for name in FULLRES_OPTIONS if name not in OPTIONS))
 DEFAULTS: dict[str, Any] = {
     "network": "deeplabv2-small",
     "crop": 161,
@@ -105,7 +108,23 @@ def _transform_crops_per_s(rows: dict[str, np.ndarray], cfg: DataConfig, seed: i
 
 
 def bench(progress: Progress, **options: Any) -> dict[str, Any]:
-    """Run the data bench; returns ``{"settings", "figures", "notes"}`` (see the module docstring)."""
+    """Run the data bench; returns ``{"settings", "figures", "notes"}`` (see the module docstring).
+
+    With ``resolution`` (gta5 | cityscapes): the full-resolution bench, :mod:`road_ray.bench.fullres`."""
+    fullres_only = sorted(set(options) & {"images", "base_scale", "gpu_steps_per_s", "ray"})
+    if options.get("resolution"):
+        unknown = sorted(set(options) - set(FULLRES_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"bench data --resolution: {', '.join('--' + k.replace('_', '-') for k in unknown)} does not apply"
+            )
+        from road_ray.bench import fullres
+
+        return fullres.bench(progress, **options)
+    if fullres_only:
+        raise ValueError(
+            f"bench data: {', '.join('--' + k.replace('_', '-') for k in fullres_only)} needs --resolution"
+        )
     from road_ray.bench.step_setup import StepSetup, bench_config
     from road_ray.engine.resolve import ensure_minicity
 
@@ -251,6 +270,10 @@ def _figures(compare, transform, step_crops, sizes) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
+    if "resolution" in result["settings"]:
+        from road_ray.bench import fullres
+
+        return fullres.table(result)
     s, f, m = result["settings"], result["figures"], result["machine"]
     rows = [
         ("Ray Data crops/s (png)", f"{f['ray_data_crops_per_s']:.1f}"),

@@ -15,6 +15,12 @@ labels as PNG trainIds, 255 = ignore) and, written last, ``OUT/manifest.json`` w
 row counts, the shard list, the class-pixel histogram, and every skipped input with its reason
 (orphan image or label, empty/corrupt/truncated file, label size differing from its image).
 
+``--resize SCALE`` (:func:`prepare_dataset`'s ``resize``) stores the images of the training
+splits SCALE times their size (area; labels nearest), recorded per split as ``stored_scale``;
+rows keep the original ``height``/``width``, so crops and boxes stay those of the original image
+(``road_ray/data/transforms.py``, :func:`~road_ray.data.transforms.effective_scale`).
+``--image-format jpeg --jpeg-quality Q`` stores JPEG images (labels stay PNG).
+
 Decoding and label conversion run in worker processes; the parent writes the rows in sorted
 order, keeping only a bounded window of samples in flight, so memory does not grow with the
 dataset and the output does not depend on the number of workers.
@@ -47,6 +53,10 @@ IMAGE_FORMATS = ("png", "jpeg")
 MANIFEST_VERSION = 1
 LABEL_SPACE = "cityscapes19"  # SYNTHIA too: its 16/13-class subsets are chosen at evaluation
 IN_FLIGHT_PER_WORKER = 4  # samples submitted ahead of the writer, per worker process
+DEFAULT_JPEG_QUALITY = 95
+# --resize applies to these splits unless told otherwise: validation stays at full size, so
+# that evaluation scores full-resolution labels (the official protocol).
+DEFAULT_RESIZE_SPLITS = ("train",)
 
 
 @dataclass
@@ -69,11 +79,37 @@ def read_bytes(root: str, relpath: str, kind: str) -> bytes:
     return data
 
 
-def encode_image(data: bytes, rgb: np.ndarray, image_format: str) -> bytes:
-    """The original bytes of an 8-bit RGB PNG; any other image re-encoded in ``image_format``."""
-    if image_format == "jpeg":
-        return shards.encode_jpeg(rgb, quality=95)
-    return data if is_rgb8_png(data) else shards.encode_png(rgb)
+@dataclass(frozen=True)
+class Encoding:
+    """How a split's images are stored: the format, the JPEG quality, the stored scale."""
+
+    image_format: str = "png"
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    stored_scale: float = 1.0
+
+
+def encode_image(data: bytes | None, rgb: np.ndarray, encoding: Encoding) -> bytes:
+    """The original bytes of an 8-bit RGB PNG (``data``; None once resized); any other image
+    re-encoded in the encoding's format."""
+    if encoding.image_format == "jpeg":
+        return shards.encode_jpeg(rgb, quality=encoding.jpeg_quality)
+    return data if data is not None and is_rgb8_png(data) else shards.encode_png(rgb)
+
+
+def stored_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(height, width) of an image stored at ``scale`` (what cv2.resize and the crops assume)."""
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def resize_pair(rgb: np.ndarray, train_ids: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image resized by ``scale`` (area averaging) and its label (nearest: the original pixel
+    containing each stored pixel's centre, the crops' convention), or both unchanged at 1."""
+    if scale == 1.0:
+        return rgb, train_ids
+    h, w = stored_size(*train_ids.shape, scale)
+    image = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    label = cv2.resize(train_ids, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    return image, label
 
 
 def label_statistics(train_ids: np.ndarray) -> tuple[list[int], int]:
@@ -81,8 +117,11 @@ def label_statistics(train_ids: np.ndarray) -> tuple[list[int], int]:
     return counts[:NUM_CLASSES].tolist(), int(counts[IGNORE_INDEX])
 
 
-def convert_sample(dataset: str, root: str, sample: Sample, image_format: str) -> Converted:
-    """Decode one image/label pair into a shard row, or say why it is skipped."""
+def convert_sample(dataset: str, root: str, sample: Sample, encoding: Encoding) -> Converted:
+    """Decode one image/label pair into a shard row, or say why it is skipped.
+
+    The label statistics count the original label's pixels; ``height``/``width`` are the
+    original size also when the images are stored at ``encoding.stored_scale``."""
     if sample.label is None:
         return Converted(skipped={"file": sample.image, "reason": "image without a label"})
     if sample.image is None:
@@ -101,11 +140,14 @@ def convert_sample(dataset: str, root: str, sample: Sample, image_format: str) -
         reason = f"label is {label_width}x{label_height} but its image {sample.image} is {width}x{height}; pair skipped"
         return Converted(skipped={"file": sample.label, "reason": reason})
     class_pixels, ignore_pixels = label_statistics(train_ids)
+    if encoding.stored_scale != 1.0:
+        rgb, train_ids = resize_pair(rgb, train_ids, encoding.stored_scale)
+        image_bytes = None
     row = {
         "id": sample.id,
         "domain": layout.domain,
         "split": sample.split,
-        "image": encode_image(image_bytes, rgb, image_format),
+        "image": encode_image(image_bytes, rgb, encoding),
         "label": shards.encode_png(train_ids),
         "height": height,
         "width": width,
@@ -113,7 +155,7 @@ def convert_sample(dataset: str, root: str, sample: Sample, image_format: str) -
     return Converted(row, class_pixels, ignore_pixels)
 
 
-def convert_task(task: tuple[str, str, Sample, str]) -> Converted:
+def convert_task(task: tuple[str, str, Sample, Encoding]) -> Converted:
     return convert_sample(*task)
 
 
@@ -191,13 +233,21 @@ class Job:
     image_format: str
     shard_bytes: int
     progress: bool
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    resize: float = 1.0
+    resize_splits: tuple[str, ...] = DEFAULT_RESIZE_SPLITS
+
+    def encoding(self, split: str) -> Encoding:
+        scale = self.resize if split in self.resize_splits else 1.0
+        return Encoding(self.image_format, self.jpeg_quality, scale)
 
 
 def write_split(job: Job, split: str, samples: list[Sample], imap: Callable, skipped: list[dict[str, str]]) -> dict:
     """Convert and write one split; returns its manifest entry and appends its skips to ``skipped``."""
     class_pixels = np.zeros(NUM_CLASSES, dtype=np.int64)
     ignore_pixels = 0
-    tasks = ((job.dataset, job.root, sample, job.image_format) for sample in samples)
+    encoding = job.encoding(split)
+    tasks = ((job.dataset, job.root, sample, encoding) for sample in samples)
     results = imap(convert_task, tasks)
     bar = tqdm(results, total=len(samples), desc=f"{job.dataset} {split}", unit="img", disable=not job.progress)
     with shards.ShardWriter(storage.join(job.out, split), max_bytes=job.shard_bytes) as writer:
@@ -209,7 +259,10 @@ def write_split(job: Job, split: str, samples: list[Sample], imap: Callable, ski
             class_pixels += result.class_pixels
             ignore_pixels += result.ignore_pixels
     # every prepared split is labeled (Cityscapes' test split is left out)
-    return shards.split_entry(split, writer, LAYOUTS[job.dataset].domain, class_pixels, ignore_pixels)
+    entry = shards.split_entry(split, writer, LAYOUTS[job.dataset].domain, class_pixels, ignore_pixels)
+    # stored image size / original size (rows keep the original's height/width; docs/formats.md)
+    entry["stored_scale"] = encoding.stored_scale
+    return entry
 
 
 def get_layout(name: str) -> Layout:
@@ -226,6 +279,24 @@ def resolve_workers(num_workers: int | None) -> int:
     return num_workers
 
 
+def check_encoding(image_format: str, jpeg_quality: int, resize: float) -> None:
+    """ValueError naming the option for an unknown format, a quality outside 1-100 or a resize
+    outside (0, 1]."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"unknown image format {image_format!r}; expected one of {', '.join(IMAGE_FORMATS)}")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"--jpeg-quality {jpeg_quality}: expected 1-100")
+    if not 0 < resize <= 1:
+        raise ValueError(f"--resize {resize}: expected a scale in (0, 1] (shards are never stored larger)")
+
+
+def check_resize_splits(resize: float, resize_splits: tuple[str, ...], splits: Iterable[str]) -> None:
+    """ValueError naming the splits of ``--resize-splits`` that the dataset does not have."""
+    unknown = sorted(set(resize_splits) - set(splits))
+    if resize != 1 and unknown:
+        raise ValueError(f"--resize-splits: no split {', '.join(unknown)} here; splits: {', '.join(sorted(splits))}")
+
+
 def prepare_dataset(
     name: str,
     root: str,
@@ -234,23 +305,34 @@ def prepare_dataset(
     num_workers: int | None = None,
     shard_bytes: int = shards.DEFAULT_SHARD_BYTES,
     image_format: str = "png",
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    resize: float = 1.0,
+    resize_splits: tuple[str, ...] = DEFAULT_RESIZE_SPLITS,
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict:
     """Prepare the raw dataset ``name`` at ``root`` into shards under ``out`` (a path or URI).
 
-    Returns the manifest it wrote to ``out/manifest.json``. Raises ValueError for an unknown
-    dataset or image format, a root that does not hold the dataset's layout, or an ``out``
-    that already holds a manifest (unless ``overwrite``). Defective inputs are skipped and
-    listed in the manifest; every good pair becomes one row.
+    ``resize`` (``road-ray prepare --resize``): the images of ``resize_splits`` are stored that
+    many times their size (area-resized; labels nearest), so that a training base scale of 0.5
+    does not decode full-size images every step; each split's manifest entry records its
+    ``stored_scale`` and rows keep the original ``height``/``width`` (the crops' boxes refer to
+    the original image, docs/formats.md). Returns the manifest it wrote to
+    ``out/manifest.json``. Raises ValueError for an unknown dataset, a bad encoding option, a
+    root that does not hold the dataset's layout, or an ``out`` that already holds a manifest
+    (unless ``overwrite``). Defective inputs are skipped and listed in the manifest; every good
+    pair becomes one row.
     """
     layout = get_layout(name)
-    if image_format not in IMAGE_FORMATS:
-        raise ValueError(f"unknown image format {image_format!r}; expected one of {', '.join(IMAGE_FORMATS)}")
+    check_encoding(image_format, jpeg_quality, resize)
     samples = layout.list_samples(Path(root))
+    check_resize_splits(resize, tuple(resize_splits), samples)
     workers = resolve_workers(num_workers)
     clear_output(out, samples, overwrite)
-    job = Job(name, str(Path(root).resolve()), out, image_format, shard_bytes, progress)  # workers get an absolute root
+    root_abs = str(Path(root).resolve())  # workers get an absolute root
+    job = Job(
+        name, root_abs, out, image_format, shard_bytes, progress, jpeg_quality, float(resize), tuple(resize_splits)
+    )
     skipped: list[dict[str, str]] = []
     with ordered_map(workers) as imap:
         splits = {split: write_split(job, split, items, imap, skipped) for split, items in samples.items()}
@@ -260,6 +342,7 @@ def prepare_dataset(
         "root": str(root),
         "label_space": LABEL_SPACE,
         "image_format": image_format,
+        "jpeg_quality": jpeg_quality if image_format == "jpeg" else None,
         "splits": splits,
         "skipped": skipped,
     }

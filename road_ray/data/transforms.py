@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -77,22 +78,84 @@ def _resized_size(size: int, scale: float) -> int:
     return max(1, int(round(size * scale)))
 
 
-def _resample_window(image: np.ndarray, top: int, left: int, crop: int, scale: float) -> np.ndarray:
-    """The ``crop x crop`` window at (top, left) of ``image`` resized by ``scale``, bilinear.
+def effective_scale(scale: float, stored_scale: float) -> float:
+    """The factor to apply to a *stored* image so that it ends up ``scale`` times its original.
 
-    Crop pixel index (y, x) samples the original pixel-index coordinate
-    ``(top + y + 0.5) / scale - 0.5`` (pixel centres at integers), the half-pixel convention
-    of cv2.resize. Beyond the image the edge is replicated; the caller pads that part.
+    Shards written by ``road-ray prepare --resize`` hold images ``stored_scale`` times their
+    original size (per axis: stored size / original size, from the row's ``height``/``width``),
+    so a configured scale (always relative to the original image: ``data.base_scale`` times the
+    random factor) becomes ``scale / stored_scale`` on the stored pixels. This is the one place
+    where the two scales meet; boxes keep the configured scale and the original size.
     """
-    if scale == 1.0:
+    if stored_scale <= 0:
+        raise ValueError(f"stored scale must be > 0, got {stored_scale}")
+    return scale / stored_scale
+
+
+@dataclass(frozen=True)
+class CropWindow:
+    """Where one random crop lies: its corner in the image resized by ``scale`` (relative to the
+    original image of ``original_size``), the resized size, and whether it is mirrored."""
+
+    top: int
+    left: int
+    crop: int
+    scale: float
+    original_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    mirrored: bool
+
+    @property
+    def valid(self) -> tuple[int, int]:
+        """Rows and columns of the crop that lie inside the resized image (the rest is padding)."""
+        return min(self.crop, self.resized_size[0] - self.top), min(self.crop, self.resized_size[1] - self.left)
+
+    def box(self) -> np.ndarray:
+        h, w = self.original_size
+        return make_box(self.top, self.left, self.crop, self.crop, h, w, self.scale, self.mirrored)
+
+
+def draw_window(
+    original_size: tuple[int, int], crop_size: int, scale: float, rng: np.random.Generator, flip: bool
+) -> CropWindow:
+    """Draw a crop's corner (uniform over the positions inside the resized image, 0 along an axis
+    where it is smaller than the crop) and its mirror flag (p = 1/2 if ``flip``), in that order.
+
+    Only the original size enters, never the stored one, so a shard stored at any scale draws
+    the same boxes as the full-size shard (the CPU and the GPU crop paths share this draw)."""
+    if scale <= 0:
+        raise ValueError(f"random_scale_crop: scale must be > 0, got {scale}")
+    h, w = int(original_size[0]), int(original_size[1])
+    c = int(crop_size)
+    rh, rw = _resized_size(h, scale), _resized_size(w, scale)
+    top = int(rng.integers(0, max(rh - c, 0) + 1))
+    left = int(rng.integers(0, max(rw - c, 0) + 1))
+    mirrored = bool(rng.random() < 0.5) and flip
+    return CropWindow(top, left, c, float(scale), (h, w), (rh, rw), mirrored)
+
+
+def axis_scales(window: CropWindow, stored_size: tuple[int, int]) -> tuple[float, float]:
+    """Resized pixels per stored pixel along y and x (:func:`effective_scale` per axis)."""
+    (h, w), (sh, sw) = window.original_size, stored_size
+    return effective_scale(window.scale, sh / h), effective_scale(window.scale, sw / w)
+
+
+def _resample_window(image: np.ndarray, top: int, left: int, crop: int, scale_y: float, scale_x: float) -> np.ndarray:
+    """The ``crop x crop`` window at (top, left) of ``image`` resized by (scale_y, scale_x), bilinear.
+
+    Crop pixel index (y, x) samples the pixel-index coordinate ``(top + y + 0.5) / scale_y - 0.5``
+    of ``image`` (pixel centres at integers), the half-pixel convention of cv2.resize. Beyond the
+    image the edge is replicated; the caller pads that part.
+    """
+    if scale_y == 1.0 and scale_x == 1.0:
         window = image[top : top + crop, left : left + crop]
         if window.shape[:2] == (crop, crop):
             return window.copy()
         out = np.zeros((crop, crop, *image.shape[2:]), dtype=image.dtype)
         out[: window.shape[0], : window.shape[1]] = window
         return out
-    inv = 1.0 / scale
-    matrix = np.array([[inv, 0.0, (left + 0.5) * inv - 0.5], [0.0, inv, (top + 0.5) * inv - 0.5]], dtype=np.float64)
+    iy, ix = 1.0 / scale_y, 1.0 / scale_x
+    matrix = np.array([[ix, 0.0, (left + 0.5) * ix - 0.5], [0.0, iy, (top + 0.5) * iy - 0.5]], dtype=np.float64)
     return cv2.warpAffine(
         image,
         matrix,
@@ -103,9 +166,33 @@ def _resample_window(image: np.ndarray, top: int, left: int, crop: int, scale: f
 
 
 def _nearest_indices(start: int, crop: int, scale: float, size: int) -> np.ndarray:
-    """Original index of the pixel containing each crop pixel's centre (clipped to the image)."""
+    """Index of the pixel containing each crop pixel's centre (clipped to the image's ``size``)."""
     centres = (start + np.arange(crop, dtype=np.float64) + 0.5) / scale
     return np.minimum(np.floor(centres).astype(np.intp), size - 1)
+
+
+def crop_image(image: np.ndarray, window: CropWindow) -> np.ndarray:
+    """The window's image crop (bilinear from the stored pixels, :func:`axis_scales`), padding 0,
+    not yet mirrored."""
+    sy, sx = axis_scales(window, image.shape[:2])
+    crop = _resample_window(np.ascontiguousarray(image), window.top, window.left, window.crop, sy, sx)
+    valid_h, valid_w = window.valid
+    crop[valid_h:] = 0
+    crop[:, valid_w:] = 0
+    return crop
+
+
+def crop_label(label: np.ndarray, window: CropWindow) -> np.ndarray:
+    """The window's label crop (nearest: the stored pixel containing each crop pixel's centre),
+    padding 255, not yet mirrored. ``label`` may be stored at any size (:func:`axis_scales`)."""
+    sy, sx = axis_scales(window, label.shape[:2])
+    rows = _nearest_indices(window.top, window.crop, sy, label.shape[0])
+    cols = _nearest_indices(window.left, window.crop, sx, label.shape[1])
+    out = label[rows[:, None], cols[None, :]]
+    valid_h, valid_w = window.valid
+    out[valid_h:] = IGNORE_INDEX
+    out[:, valid_w:] = IGNORE_INDEX
+    return out
 
 
 def random_scale_crop(
@@ -115,6 +202,7 @@ def random_scale_crop(
     scale: float,
     rng: np.random.Generator,
     flip: bool,
+    original_size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Resize by ``scale``, pad, cut a random ``crop_size²`` window, mirror it with p = 1/2 if ``flip``.
 
@@ -123,9 +211,12 @@ def random_scale_crop(
         label: uint8 ``[H, W]`` trainIds, or None (unlabeled target images).
         crop_size: side of the square crop, in resized pixels.
         scale: resized size / original size (the box's ``scale``).
-        rng: draws the window's corner (uniform over all positions inside the resized image,
-            or 0 along an axis where the resized image is smaller than the crop) and the flip.
+        rng: draws the window's corner and the flip (:func:`draw_window`).
         flip: allow the horizontal mirror.
+        original_size: ``(height, width)`` of the original image when ``image`` is a copy stored
+            at another size (``road-ray prepare --resize``); None: ``image`` is the original.
+            The draw, the box and the sampled points are those of the original; only the
+            resampling reads the stored pixels (:func:`effective_scale`).
 
     Returns:
         ``(crop uint8 [c, c, 3], label crop uint8 [c, c] or None, box float32 [8])``. The
@@ -133,33 +224,17 @@ def random_scale_crop(
         255 in the label. The box follows ``road_ray.data.boxes``: top/left/height/width in
         the resized image, the original image's size, ``scale`` and the flip flag.
     """
-    if scale <= 0:
-        raise ValueError(f"random_scale_crop: scale must be > 0, got {scale}")
-    h, w = image.shape[:2]
-    if label is not None and label.shape[:2] != (h, w):
-        raise ValueError(f"random_scale_crop: label size {label.shape[:2]} differs from image size {(h, w)}")
-    c = int(crop_size)
-    rh, rw = _resized_size(h, scale), _resized_size(w, scale)
-    top = int(rng.integers(0, max(rh - c, 0) + 1))
-    left = int(rng.integers(0, max(rw - c, 0) + 1))
-    mirrored = bool(rng.random() < 0.5) and flip
-    valid_h, valid_w = min(c, rh - top), min(c, rw - left)
-
-    crop = _resample_window(np.ascontiguousarray(image), top, left, c, scale)
-    crop[valid_h:] = 0
-    crop[:, valid_w:] = 0
-    crop_label = None
-    if label is not None:
-        rows = _nearest_indices(top, c, scale, h)
-        cols = _nearest_indices(left, c, scale, w)
-        crop_label = label[rows[:, None], cols[None, :]]
-        crop_label[valid_h:] = IGNORE_INDEX
-        crop_label[:, valid_w:] = IGNORE_INDEX
-    if mirrored:
+    stored = image.shape[:2]
+    if label is not None and label.shape[:2] != stored:
+        raise ValueError(f"random_scale_crop: label size {label.shape[:2]} differs from image size {stored}")
+    window = draw_window(original_size or stored, crop_size, scale, rng, flip)
+    crop = crop_image(image, window)
+    cropped_label = None if label is None else crop_label(label, window)
+    if window.mirrored:
         crop = np.ascontiguousarray(crop[:, ::-1])
-        if crop_label is not None:
-            crop_label = np.ascontiguousarray(crop_label[:, ::-1])
-    return crop, crop_label, make_box(top, left, c, c, h, w, scale, mirrored)
+        if cropped_label is not None:
+            cropped_label = np.ascontiguousarray(cropped_label[:, ::-1])
+    return crop, cropped_label, window.box()
 
 
 # ---------------------------------------------------------------------------------------
@@ -221,11 +296,22 @@ def _seed_material(seed: int, ids: Sequence[str], nonce: np.ndarray | None) -> l
     return material
 
 
+def original_sizes_of(batch: dict[str, np.ndarray]) -> list[tuple[int, int]] | None:
+    """The rows' original image sizes (the shard's ``height``/``width`` columns), or None when the
+    batch lacks them (then every image is taken to be stored at its original size)."""
+    if "height" not in batch or "width" not in batch:
+        return None
+    return [(int(h), int(w)) for h, w in zip(batch["height"], batch["width"])]
+
+
 class CropBatch:
     """Batch transform: encoded rows -> random crops with their boxes.
 
-    ``batch`` holds ``id``, ``image`` (bytes) and, when ``labeled``, ``label`` (bytes); other
-    columns are ignored. Returns ``{"image": uint8 [B,3,c,c], "label": uint8 [B,c,c]`` (only
+    ``batch`` holds ``id``, ``image`` (bytes) and, when ``labeled``, ``label`` (bytes), and
+    optionally ``height``/``width``: the original image's size. Rows of shards stored at a
+    reduced size (``road-ray prepare --resize``) need those two columns: the crops are then cut
+    as from the original image (same draws, same boxes), reading the stored pixels
+    (:func:`effective_scale`). Other columns are ignored. Returns ``{"image": uint8 [B,3,c,c], "label": uint8 [B,c,c]`` (only
     when labeled) ``, "box": float32 [B,8], "id": str [B]}``. Crops stay uint8 (trainIds and
     255 fit): 5x fewer bytes per crop through the object store than float32/int64; the
     training loop normalizes them on the device (:func:`normalize_tensor`).
@@ -268,6 +354,7 @@ class CropBatch:
         images = np.empty((n, c, c, 3), dtype=np.uint8)
         labels = np.empty((n, c, c), dtype=np.uint8) if self.labeled else None
         boxes = np.empty((n, BOX_SIZE), dtype=np.float32)
+        original_sizes = original_sizes_of(batch)
         for i in range(n):
             image = decode_image(batch["image"][i])
             label = None
@@ -277,9 +364,10 @@ class CropBatch:
                     raise ValueError(f"row {ids[i]!r}: no label, but this stream is labeled (source rows need labels)")
                 label = decode_label(encoded)
             scale = self.base_scale * rng.uniform(self.scale_min, self.scale_max)
-            images[i], crop_label, boxes[i] = random_scale_crop(image, label, c, scale, rng, self.flip)
+            original = original_sizes[i] if original_sizes is not None else None
+            images[i], cropped, boxes[i] = random_scale_crop(image, label, c, scale, rng, self.flip, original)
             if labels is not None:
-                labels[i] = crop_label
+                labels[i] = cropped
         out = {
             "image": np.ascontiguousarray(np.moveaxis(images, -1, -3)),
             "box": boxes,

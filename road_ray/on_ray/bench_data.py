@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import torch
 from ray.data import ExecutionResources
 
+from road_ray.bench import proctree
 from road_ray.config import DataConfig
 from road_ray.data.shards import count_rows, list_shard_files
 from road_ray.data.transforms import CropBatch
@@ -25,7 +26,9 @@ from road_ray.on_ray.data import endless_batches, execution_rows, train_stream
 from road_ray.on_ray.train import ray_instance
 from road_ray.storage import open_fs
 
-__all__ = ["compare_with_dataloader", "execution_rows", "ray_instance"]
+__all__ = ["compare_with_dataloader", "execution_rows", "ray_instance", "stream_rate"]
+# What the DataLoader side reads, as the Ray stream does (height/width: the original size).
+COLUMNS = ["id", "image", "label", "height", "width"]
 
 
 class ShardCrops(torch.utils.data.IterableDataset):
@@ -48,33 +51,21 @@ class ShardCrops(torch.utils.data.IterableDataset):
                 unit += 1
                 if unit % workers != worker:
                     continue
-                yield from self._crops(pf.read_row_group(group, columns=["id", "image", "label"]))
+                yield from self._crops(pf.read_row_group(group, columns=COLUMNS))
 
     def _crops(self, table) -> Iterator[dict[str, np.ndarray]]:
         for row in table.to_pylist():
             if row["label"] is None:
                 continue
-            one = {k: np.array([row[k]], dtype=object) for k in ("id", "image", "label")}
+            one = {k: np.array([row[k]], dtype=object) for k in COLUMNS}
             out = self.crop(one)
             yield {"image": out["image"][0], "label": out["label"][0], "box": out["box"][0]}
 
 
 def _tree_cpu_seconds() -> dict[int, float]:
     """CPU time (user + system) per process of this process tree: with a local Ray instance that
-    is the raylet, GCS and every Ray worker; with a DataLoader, its workers."""
-    try:
-        import psutil  # ships with ray[default]
-    except ImportError:
-        return {}
-    out = {}
-    me = psutil.Process()
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-            out[proc.pid] = times.user + times.system
-        except psutil.Error:
-            pass
-    return out
+    is the raylet, GCS and every Ray worker; with a DataLoader, its workers (``/proc``)."""
+    return proctree.cpu_seconds()
 
 
 def _cpu_seconds_since(before: dict[int, float]) -> float:
@@ -83,10 +74,26 @@ def _cpu_seconds_since(before: dict[int, float]) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in _tree_cpu_seconds().items())
 
 
+def _ray_worker_pids() -> list[int]:
+    """The Ray worker processes of the local instance (they run the read and crop tasks)."""
+    return [pid for pid in proctree.descendants() if proctree.is_ray_worker(pid)]
+
+
+def _loader_worker_pids() -> list[int]:
+    """A DataLoader's worker processes: this process's children forked from it (same command line)."""
+    me = os.getpid()
+    mine = proctree.cmdline(me)
+    return [pid for pid in proctree.descendants() if pid != me and proctree.cmdline(pid) == mine]
+
+
 def _crops_per_second(
-    batches: Iterator[dict[str, torch.Tensor]], steps: int, batch_size: int, warmup: int
+    batches: Iterator[dict[str, torch.Tensor]], steps: int, batch_size: int, warmup: int, workers: Callable
 ) -> dict[str, float]:
-    """Time ``steps`` batches after ``warmup`` batches (start-up: worker processes, imports)."""
+    """Time ``steps`` batches after ``warmup`` batches (start-up: worker processes, imports).
+
+    ``worker_peak_rss_mib``: the largest peak resident memory of one decoding process (Ray
+    worker or DataLoader worker), counted from the start of this measurement."""
+    proctree.reset_peaks(proctree.descendants())
     start = time.perf_counter()
     for _ in range(warmup):
         first = next(batches)
@@ -96,6 +103,7 @@ def _crops_per_second(
     for _ in range(steps):
         next(batches)
     end, cpu = time.perf_counter(), _cpu_seconds_since(cpu_warm)
+    peaks = proctree.peak_rss_mib(workers())
     batches.close()
     crops = steps * batch_size
     return {
@@ -103,6 +111,8 @@ def _crops_per_second(
         "crops_per_s": crops / max(end - warm, 1e-9),
         # robust to other load on the machine: CPU time of the whole process tree per crop
         "cpu_ms_per_crop": 1000 * cpu / crops,
+        "worker_peak_rss_mib": max(peaks.values(), default=None),
+        "workers_seen": len(peaks),
     }
 
 
@@ -152,8 +162,9 @@ def compare_with_dataloader(path: str, cfg: DataConfig, num_workers: int, steps:
     batch = cfg.batch_source
     warmup = max(1, count_rows(path) // batch)  # one pass: worker processes started, imports done
     load_before = os.getloadavg()[0]
-    ray_result = _crops_per_second(_ray_data_batches(path, cfg, num_workers), steps, batch, warmup)
-    loader_result = _crops_per_second(_dataloader_batches(path, cfg, num_workers), steps, batch, warmup)
+    ray_batches, loader_batches = _ray_data_batches(path, cfg, num_workers), _dataloader_batches(path, cfg, num_workers)
+    ray_result = _crops_per_second(ray_batches, steps, batch, warmup, _ray_worker_pids)
+    loader_result = _crops_per_second(loader_batches, steps, batch, warmup, _loader_worker_pids)
     return {
         "num_workers": num_workers,
         "steps": steps,
@@ -166,3 +177,15 @@ def compare_with_dataloader(path: str, cfg: DataConfig, num_workers: int, steps:
         "cpu_ratio": loader_result["cpu_ms_per_crop"] / max(ray_result["cpu_ms_per_crop"], 1e-9),
         "load_avg": [load_before, os.getloadavg()[0]],
     }
+
+
+def stream_rate(path: str, cfg: DataConfig, num_workers: int, steps: int) -> dict[str, Any]:
+    """Crops/s, CPU-ms per crop and peak worker memory of the Ray Data train stream alone (the
+    Ray side of :func:`compare_with_dataloader`, same budget of ``num_workers`` CPUs), after one
+    untimed pass. Needs a running local Ray instance."""
+    warmup = max(1, count_rows(path) // cfg.batch_source)
+    load_before = os.getloadavg()[0]
+    result = _crops_per_second(
+        _ray_data_batches(path, cfg, num_workers), steps, cfg.batch_source, warmup, _ray_worker_pids
+    )
+    return {**result, "num_workers": num_workers, "steps": steps, "load_avg": [load_before, os.getloadavg()[0]]}

@@ -174,7 +174,9 @@ def train_stream(path: str, cfg: DataConfig, *, seed: int, labeled: bool) -> Dat
     execution holds :func:`passes_per_execution` passes over the split.
     """
     cpus = cfg.cpus_per_map_task
-    columns = ["id", "image", "label"] if labeled else ["id", "image"]
+    # height/width: the original image's size, which CropBatch needs for shards stored at a
+    # reduced size (road-ray prepare --resize); two int32 columns, nothing to decode.
+    columns = ["id", "image", "height", "width"] + (["label"] if labeled else [])
     passes = passes_per_execution(path, cfg)
     ds = read_shards(path, columns=columns, shuffle_files=True, seed=seed, num_cpus=cpus, passes=passes)
     if labeled:
