@@ -109,8 +109,9 @@ def profile_stages(path: str, cfg: DataConfig, rows: int = PROFILE_ROWS, seed: i
     import cv2
     import pyarrow.parquet as pq
 
-    from road_ray.data.shards import list_shard_files, open_fs
+    from road_ray.data.shards import list_shard_files
     from road_ray.data.transforms import crop_image, crop_label, decode_image, decode_label, draw_window
+    from road_ray.storage import open_fs
 
     cv2.setNumThreads(1)
     clock = time.thread_time

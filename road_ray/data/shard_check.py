@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from road_ray.data.shards import MANIFEST, list_shard_files, open_fs
+from road_ray.data.shards import MANIFEST, list_shard_files
 from road_ray.failures import DamagedShard
-from road_ray.storage import join, read_text
+from road_ray.storage import join, open_fs, read_text
 
 REQUIRED_COLUMNS = ("id", "image", "label")  # what the train and validation streams read
 MAX_THREADS = 32  # footers read at once (object storage: one small ranged GET each)
