@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from road_ray.models.caffe_resnet import CaffeResNetBackbone
-from road_ray.models.weights import WEIGHTS_FORMAT
+from road_ray.models.weights import WEIGHTS_FORMAT, read_torch_file
 
 ORIGINS = ("auto", "deeplabv2-init", "adaptsegnet", "advent")
 _BACKBONE_KEY = re.compile(
@@ -219,19 +219,13 @@ def _add_head(result: Imported, params: dict[str, Tensor], zero_late_branches: b
 
 
 def _read(path: str) -> dict[str, Tensor]:
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"weights file {str(p)!r} does not exist")
-    try:
-        state = torch.load(p, weights_only=True, map_location="cpu")
-    except Exception as e:  # pickle/zip errors come in many types
-        raise ValueError(f"could not read weights file {str(p)!r}: {e}") from None
+    state = read_torch_file(path)
     for wrapper in ("state_dict", "model"):  # {"state_dict": {...}} as some training scripts save
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise ValueError(
-            f"weights file {str(p)!r}: expected a state dict (names to tensors), got {type(state).__name__}"
+            f"weights file {str(path)!r}: expected a state dict (names to tensors), got {type(state).__name__}"
         )
     return state
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -39,6 +40,17 @@ class Weights:
     state: dict[str, Tensor]
     source: str
     resnet_style: str | None = None
+
+
+def read_torch_file(path: str | Path, what: str = "weights file") -> Any:
+    """``torch.load(weights_only=True)`` on the CPU, with one clear line when the file is missing or unreadable."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{what} {str(p)!r} does not exist")
+    try:
+        return torch.load(p, weights_only=True, map_location="cpu")
+    except Exception as e:  # pickle/zip errors come in many types
+        raise ValueError(f"could not read {what} {str(p)!r}: {e}") from None
 
 
 def _strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -102,12 +114,7 @@ def read_weights_file(path: str) -> Weights:
     field's layout, is a ValueError naming it."""
     p = Path(path)
     source = f"weights file {str(p)!r}"
-    if not p.is_file():
-        raise ValueError(f"pretrained weights file {str(p)!r} does not exist")
-    try:
-        payload = torch.load(p, weights_only=True, map_location="cpu")
-    except Exception as e:  # pickle/zip errors come in many types
-        raise ValueError(f"could not read pretrained weights file {str(p)!r}: {e}") from None
+    payload = read_torch_file(p, "pretrained weights file")
     if isinstance(payload, dict) and payload.get("format") == WEIGHTS_FORMAT:
         return Weights(_check_state(payload.get("state_dict"), source), source, payload.get("resnet_style"))
     state = _check_state(payload, source)
