@@ -8,7 +8,7 @@ One command, one JSON (stdout, and ``--json FILE``), composed of the other bench
   for a GPU not in the table), ``road_over_plain``, the measured peak and ``step_over_peak``;
 - ``ray_over_bare``: the same ROAD step (ResNet-101) in a one-worker Ray ``TorchTrainer`` vs bare;
 - ``fullres_stream``: the full-resolution (GTA5-sized) Ray Data stream's crops/s against the
-  step's consumption: a hook (:func:`fullres_stream`) until ``bench data --resolution`` exists;
+  step's consumption (:func:`fullres_stream`), and the GPU-decode path's on CUDA;
 - ``eval_fullres``: whole-image evaluation images/s at 1024×512, scored at 2048×1024
   (``bench/eval.py``'s :func:`whole_image_rate`, synthetic images);
 - ``road_run``: a 30-iteration ROAD run with its evaluation, end to end through ``run_training``
@@ -25,7 +25,6 @@ CPU test path, every part at toy size on the CPU (DDP with 2 CPU workers, gloo).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import sys
 import time
@@ -93,22 +92,33 @@ def _step(network: str, ray: bool = False, peak: bool = True) -> Callable[[Check
     return run
 
 
-def fullres_stream(progress: Progress, *, smoke: bool, step_crops_per_s: float | None) -> dict[str, Any] | None:
-    """The full-resolution stream's crops/s against the step's consumption; None while ``bench data``
-    has no ``resolution`` option (``road-ray bench data --resolution gta5``, being written)."""
-    data = importlib.import_module("road_ray.bench.data")
-    if "resolution" not in getattr(data, "OPTIONS", ()):
-        return None
-    figures = data.bench(progress, resolution="gta5", smoke=smoke)["figures"]
-    crops = figures.get("ray_data_crops_per_s")
-    ratio = crops / step_crops_per_s if crops and step_crops_per_s else None
-    return {"figures": figures, "stream_over_resnet101_step": ratio}
+def fullres_stream(
+    progress: Progress, *, smoke: bool, step_crops_per_s: float | None, device: str = "cpu"
+) -> dict[str, Any]:
+    """The full-resolution (GTA5-sized, JPEG q95 stored at 0.5) Ray Data stream's crops/s on this
+    machine's CPUs against the ResNet-101 step's consumption; on a CUDA device also the GPU-decode
+    path's crops/s (``road_ray/bench/fullres.py``, ``road_ray/data/gpu_decode.py``)."""
+    from road_ray.bench.fullres import fullres_stream_rate
+
+    size = {"images": 4, "crop": 64, "batch": 2, "steps": 4} if smoke else {}
+    progress("full-resolution stream (GTA5-sized shards, JPEG q95 at 0.5): Ray Data on the CPUs")
+    stream = fullres_stream_rate("gta5", **size)
+    crops = stream.get("crops_per_s")
+    out = {
+        "available": True,
+        "stream": stream,
+        "stream_over_resnet101_step": crops / step_crops_per_s if crops and step_crops_per_s else None,
+    }
+    if device.startswith("cuda"):
+        out["gpu_decode"] = fullres_stream_rate("gta5", device=device, **size)
+    return out
 
 
 def _fullres(c: Check) -> dict[str, Any]:
     step = c.results.get("step_resnet101", {}).get("result") or {}
-    out = fullres_stream(c.progress, smoke=c.smoke, step_crops_per_s=step.get("crops_per_s_consumed_by_road_step"))
-    return out if out is not None else {"available": False, "reason": "bench data has no --resolution yet"}
+    return fullres_stream(
+        c.progress, smoke=c.smoke, step_crops_per_s=step.get("crops_per_s_consumed_by_road_step"), device=str(c.device)
+    )
 
 
 def _eval(c: Check) -> dict[str, Any]:
