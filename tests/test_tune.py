@@ -87,18 +87,22 @@ def test_asha_stops_a_trial_and_a_diverged_trial_is_marked(asha_sweep, road_ray_
     assert {r.split("-", 1)[0] for r in runs} == {t.trial_id for t in exp.trials}
 
 
-def test_eval_best_picks_the_highest_miou(asha_sweep, tmp_path):
+def test_eval_best_picks_the_final_checkpoint_of_the_best_trial(asha_sweep, tmp_path):
     from road_ray.cli import main
 
     exp = read_experiment(asha_sweep.experiment_dir)
+    # --best: the trial whose *final* mIoU is highest, and that trial's final checkpoint
+    finals = [(t.value("miou"), t) for t in exp.trials if t.value("miou") is not None]
+    best_trial = max(finals, key=lambda vt: vt[0])[1]
+    final = [r["checkpoint_path"] for r in best_trial.rows if r.get("checkpoint_path")][-1]
+    # --by miou-over-time: test-set selection, the highest mIoU of any evaluation of any trial
     rows = [r for t in exp.trials for r in t.rows if r.get("checkpoint_path") and Path(r["checkpoint_path"]).is_dir()]
-    expected = max(rows, key=lambda r: r["miou"])["checkpoint_path"]
-    out = tmp_path / "eval.json"
-    assert (
-        main(["eval", "--experiment", asha_sweep.experiment_dir, "--best", "--max-images", "2", "--json", str(out)])
-        == 0
-    )
-    assert json.loads(out.read_text())["checkpoint"] == expected
+    over_time = max(rows, key=lambda r: r["miou"])["checkpoint_path"]
+    for extra, expected in (([], final), (["--by", "miou-over-time"], over_time)):
+        out = tmp_path / "eval.json"
+        args = ["eval", "--experiment", asha_sweep.experiment_dir, "--best", *extra, "--max-images", "2"]
+        assert main([*args, "--json", str(out)]) == 0
+        assert json.loads(out.read_text())["checkpoint"] == expected
 
 
 def test_report_of_a_real_sweep(asha_sweep, tmp_path):
@@ -106,7 +110,7 @@ def test_report_of_a_real_sweep(asha_sweep, tmp_path):
 
     out = write_report(asha_sweep.experiment_dir, tmp_path / "report", log=lambda *_: None)
     md = (out / "report.md").read_text()
-    assert "stopped early (ASHA)" in md and "diverged" in md and "Best checkpoint" in md
+    assert "stopped early (ASHA)" in md and "diverged" in md and "Selected checkpoint" in md
 
 
 def test_bad_space_fails_before_any_trial(tmp_path):
