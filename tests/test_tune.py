@@ -166,8 +166,9 @@ def test_resume_after_the_driver_is_killed(ray_session, road_ray_home, tmp_path)
     assert len(list((exp_dir / TRAIN_RUNS).glob(f"{running.trial_id}-*"))) == 1
     iters = [r["iter"] for r in trials[running.trial_id].rows]
     assert iters == sorted(set(iters)) and iters[-1] == 6, iters
-    # The driver's summary: the table, the best checkpoint and the next command.
-    assert "mIoU (oracle)" in resumed.stdout and "Best checkpoint" in resumed.stdout
+    # The driver's summary: the table, the best trial, its final checkpoint and the next command.
+    assert "mIoU (oracle)" in resumed.stdout and "Best trial" in resumed.stdout
+    assert "final checkpoint" in resumed.stdout
     assert f"road-ray eval --experiment {exp_dir} --best" in resumed.stdout
 
 
