@@ -91,18 +91,33 @@ def test_eval_best_picks_the_final_checkpoint_of_the_best_trial(asha_sweep, tmp_
     from road_ray.cli import main
 
     exp = read_experiment(asha_sweep.experiment_dir)
-    # --best: the trial whose *final* mIoU is highest, and that trial's final checkpoint
-    finals = [(t.value("miou"), t) for t in exp.trials if t.value("miou") is not None]
-    best_trial = max(finals, key=lambda vt: vt[0])[1]
-    final = [r["checkpoint_path"] for r in best_trial.rows if r.get("checkpoint_path")][-1]
+
+    def final_checkpoint_of_best(metric, sign):
+        # --best [--by METRIC]: the trial whose *final* METRIC is best, and that trial's final checkpoint
+        ranked = sorted(
+            ((sign * t.value(metric), t) for t in exp.trials if t.value(metric) is not None), key=lambda vt: -vt[0]
+        )
+        for _, trial in ranked:
+            final = [r["checkpoint_path"] for r in trial.rows if r.get("checkpoint_path")]
+            if final and Path(final[-1]).is_dir():
+                return final[-1]
+        raise AssertionError(f"no trial ranked by {metric} has a checkpoint")
+
+    # The default is the sweep's own metric: loss/dist here (lower is better; NonAdapt's is 0).
+    by_sweep_metric = final_checkpoint_of_best("loss/dist", -1)
+    assert exp.metric == "loss/dist" and "nonadapt" in by_sweep_metric
     # --by miou-over-time: test-set selection, the highest mIoU of any evaluation of any trial
     rows = [r for t in exp.trials for r in t.rows if r.get("checkpoint_path") and Path(r["checkpoint_path"]).is_dir()]
     over_time = max(rows, key=lambda r: r["miou"])["checkpoint_path"]
-    for extra, expected in (([], final), (["--by", "miou-over-time"], over_time)):
+    for extra, expected in (
+        ([], by_sweep_metric),
+        (["--by", "miou"], final_checkpoint_of_best("miou", 1)),
+        (["--by", "miou-over-time"], over_time),
+    ):
         out = tmp_path / "eval.json"
         args = ["eval", "--experiment", asha_sweep.experiment_dir, "--best", *extra, "--max-images", "2"]
         assert main([*args, "--json", str(out)]) == 0
-        assert json.loads(out.read_text())["checkpoint"] == expected
+        assert json.loads(out.read_text())["checkpoint"] == expected, extra
 
 
 def test_report_of_a_real_sweep(asha_sweep, tmp_path):
