@@ -56,9 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--select",
         metavar="CRITERION",
-        help="optimise this metric instead of the space's (Optuna's and ASHA's): a label-free validator "
+        nargs="?",
+        const="default",
+        help="optimise this metric instead of the space's (Optuna's and ASHA's); without a value (or 'default'): the "
+        "criterion that selected best on MiniCity (road_ray/sweeps/metrics.py DEFAULT_SELECT, "
+        "docs/results/minicity.md); or a label-free validator "
         "(val/im, val/bnm, val/snd, val/dev, val/entropy, val/mixval; docs/validators.md) or source_val_miou, so "
         "that the sweep chooses without target labels (add --set data.target_val=none to read none at all)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="the sweep's seed (Optuna's sampler), instead of the space's seed:; trials' run.seed is --set run.seed=N",
     )
     p.add_argument(
         "--set",
@@ -90,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise ValueError(f"--max-concurrent: expected >= 1, got {args.max_concurrent}")
         if not args.resume:  # a bad space fails in a second, before Ray is even imported
-            load_space_for_run(args.space, args.smoke, args.num_samples, args.select, args.set)
+            load_space_for_run(args.space, args.smoke, args.num_samples, args.select, args.set, args.seed)
         from road_ray.on_ray.tune import run_sweep
         from road_ray.sweeps.outcome import print_outcome
 
@@ -105,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             max_concurrent=args.max_concurrent,
             select=args.select,
             overrides=args.set,
+            seed=args.seed,
             address=args.address,
         )
     except (SpaceError, ConfigError, ValueError, FileNotFoundError, ConnectionError) as e:

@@ -93,9 +93,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="with --experiment: the final checkpoint of the trial the sweep selects (see --by)",
     )
     p.add_argument(
+        "--each-trial",
+        action="store_true",
+        help="with --experiment: every trial's final checkpoint, one line each, beside the trial the sweep (or --by) "
+        "selects: how a label-free sweep chose, scored where labels exist (give --shards or --dataset when the "
+        "trials ran with data.target_val=none)",
+    )
+    p.add_argument(
         "--by",
         metavar="CRITERION",
-        help="with --best: select by this reported metric's final value instead of the sweep's own: miou (the "
+        help="with --best or --each-trial: select by this reported metric's final value instead of the sweep's own: miou (the "
         "oracle), source_val_miou, a label-free validator (val/im, val/bnm, val/snd, val/dev, val/entropy, "
         "val/mixval; docs/validators.md), or miou-over-time (the best target-val mIoU of any evaluation: "
         "test-set selection)",
@@ -127,6 +134,28 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", required=True, help="the sweep experiment directory")
     p.add_argument("--out", help="output folder (default: EXPERIMENT/report)")
     p.set_defaults(run=cmd_report)
+
+
+def _add_selection(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "selection",
+        help="how well each label-free criterion selects, over several experiments",
+        description="Measure every label-free criterion (source-val mIoU, the val/* validators; docs/validators.md) "
+        "against the oracle target-val mIoU over the trials of several experiments (a study, default sweeps of "
+        "different seeds): Spearman's rank correlation, the regret of its pick among all trials and among the ROAD "
+        "trials of each experiment. Writes selection.md, selection.json and a scatter plot per criterion.",
+    )
+    p.add_argument("--experiment", action="append", default=[], help="an experiment directory (repeat for more)")
+    p.add_argument(
+        "--scored-by-eval",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="the JSON of road-ray eval --experiment DIR --each-trial --json FILE: a sweep that ran without target "
+        "labels (tune.py --select), its trials' mIoU scored after the fact (repeatable)",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(run=cmd_selection)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -221,12 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{prepare,train,eval,report,bench,import-weights}"
+        dest="command", required=True, metavar="{prepare,train,eval,report,selection,bench,import-weights}"
     )
     _add_prepare(sub)
     _add_train(sub)
     _add_eval(sub)
     _add_report(sub)
+    _add_selection(sub)
     _add_bench(sub)
     _add_import_weights(sub)
     return parser
@@ -288,6 +318,12 @@ def cmd_report(args: argparse.Namespace) -> None:
     from road_ray.sweeps.report import write_report
 
     write_report(args.experiment, args.out)
+
+
+def cmd_selection(args: argparse.Namespace) -> None:
+    from road_ray.sweeps.selection_report import write_selection_report
+
+    write_selection_report(args.experiment, args.out, scored_by_eval=args.scored_by_eval)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

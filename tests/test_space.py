@@ -391,3 +391,22 @@ def test_select_and_set_change_what_a_sweep_optimises_and_fixes():
         load_space_for_run("minicity", False, None, select="accuracy")
     with pytest.raises(ConfigError, match="unknown config key"):
         load_space_for_run("minicity", False, None, overrides=["data.nope=1"])
+
+
+def test_select_without_a_value_and_seed():
+    import importlib.util
+    from pathlib import Path
+
+    from road_ray.sweeps.metrics import DEFAULT_SELECT, metric_direction
+    from road_ray.sweeps.record import load_space_for_run
+
+    spec = importlib.util.spec_from_file_location("tune", Path(__file__).resolve().parents[1] / "tune.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    args = tune.build_parser().parse_args(["--select", "--seed", "3"])
+    assert (args.select, args.seed) == ("default", 3)
+    spec = load_space_for_run("minicity", False, None, select=args.select, seed=args.seed)
+    assert (spec.metric, spec.mode, spec.seed) == (DEFAULT_SELECT, metric_direction(DEFAULT_SELECT), 3)
+    assert tune.build_parser().parse_args(["--select", "val/im"]).select == "val/im"
+    with pytest.raises(SpaceError, match="--seed: expected >= 0"):
+        load_space_for_run("minicity", False, None, seed=-1)

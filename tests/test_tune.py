@@ -118,6 +118,16 @@ def test_eval_best_picks_the_final_checkpoint_of_the_best_trial(asha_sweep, tmp_
         args = ["eval", "--experiment", asha_sweep.experiment_dir, "--best", *extra, "--max-images", "2"]
         assert main([*args, "--json", str(out)]) == 0
         assert json.loads(out.read_text())["checkpoint"] == expected, extra
+    # --each-trial: every trial's final checkpoint scored on a labelled split, the sweep's pick marked
+    out = tmp_path / "each.json"
+    args = ["eval", "--experiment", asha_sweep.experiment_dir, "--each-trial", "--max-images", "2"]
+    assert main([*args, "--dataset", "minicity", "--json", str(out)]) == 0
+    each = json.loads(out.read_text())
+    picked = [r for r in each["trials"] if r["picked"]]
+    assert len(picked) == 1 and picked[0]["checkpoint"] == by_sweep_metric and each["by"] == "loss/dist"
+    assert each["oracle_pick_miou"] == max(r["miou"] for r in each["trials"]) >= each["pick_miou"]
+    assert each["regret"] == each["oracle_pick_miou"] - each["pick_miou"]
+    assert {r["trial"] for r in each["trials"]} <= {t.trial_id for t in exp.trials} and len(each["trials"]) >= 2
 
 
 def test_report_of_a_real_sweep(asha_sweep, tmp_path):

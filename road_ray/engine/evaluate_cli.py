@@ -128,7 +128,7 @@ def resolve_checkpoint(args: argparse.Namespace) -> str:
     if args.checkpoint:
         return args.checkpoint
     if not args.best:
-        raise ValueError("--experiment needs --best (evaluate the best trial's checkpoint)")
+        raise ValueError("--experiment needs --best (the selected trial's checkpoint) or --each-trial (every trial's)")
     from road_ray.sweeps.results import select_checkpoint
 
     return select_checkpoint(args.experiment, by=args.by)
@@ -164,7 +164,13 @@ def _shards_key(args: argparse.Namespace) -> str:
 
 
 def eval_from_cli(args: argparse.Namespace) -> dict[str, Any]:
-    checkpoint = resolve_checkpoint(args)
+    if getattr(args, "each_trial", False):
+        return eval_each_trial(args)
+    return evaluate_checkpoint(resolve_checkpoint(args), args)
+
+
+def evaluate_checkpoint(checkpoint: str, args: argparse.Namespace, table: bool = True) -> dict[str, Any]:
+    """One checkpoint on the split the arguments name: the scores, printed and (``--json``) written."""
     model, cfg, iteration = load_model(local_checkpoint(checkpoint))  # a URI is fetched first
     settings = EvalSettings(
         mode=args.mode or cfg.data.eval_mode,
@@ -196,10 +202,68 @@ def eval_from_cli(args: argparse.Namespace) -> dict[str, Any]:
         f"{settings.mode} inference, {scores['images'] / seconds:.2f} img/s",
         file=sys.stderr,
     )
-    print(format_table(scores))
+    if table:
+        print(format_table(scores))
     result = {k: v for k, v in scores.items() if k != "confusion_matrix"}
     result.update({"checkpoint": str(checkpoint), "shards": shards, "iteration": iteration})
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(jsonio.dumps(result, indent=2))
+    if args.json and table:
+        _write_json(args.json, result)
     return result
+
+
+def eval_each_trial(args: argparse.Namespace) -> dict[str, Any]:
+    """``--each-trial``: every trial's final checkpoint on one labelled split, beside the sweep's own
+    choice — how a sweep that selected without target labels (``tune.py --select``) did, scored
+    after the fact where labels exist."""
+    from road_ray.sweeps.results import final_checkpoints, read_experiment, select_checkpoint
+
+    if args.save_predictions or getattr(args, "save_overlays", None):
+        raise ValueError("--each-trial: --save-predictions/--save-overlays take one checkpoint (use --best)")
+    exp = read_experiment(args.experiment)
+    by = args.by or exp.metric
+    picked = select_checkpoint(args.experiment, by=args.by)
+    rows = []
+    for trial, checkpoint in final_checkpoints(exp):
+        scores = evaluate_checkpoint(checkpoint, args, table=False)
+        rows.append(
+            {
+                "trial": trial.trial_id,
+                "params": trial.params,
+                "state": trial.state,
+                by: trial.value(by),
+                "miou": scores["miou"],
+                "checkpoint": checkpoint,
+                "picked": checkpoint == picked,
+            }
+        )
+    if not rows:
+        raise ValueError(f"{args.experiment}: no trial has a final checkpoint to evaluate")
+    best = max(rows, key=lambda r: r["miou"])
+    chosen = next((r for r in rows if r["picked"]), None)
+    print(f"{'trial':<10} {by:>16} {'mIoU':>6}  state")
+    for r in rows:
+        mark = ("  <- selected by " + by if r["picked"] else "") + ("  <- best mIoU (oracle)" if r is best else "")
+        value = "—" if r[by] is None else f"{r[by]:.4g}"
+        print(f"{r['trial']:<10} {value:>16} {r['miou']:6.2f}  {r['state']}{mark}")
+    result = {
+        "experiment": str(args.experiment),
+        "shards": rows[0].get("shards"),
+        "by": by,
+        "trials": rows,
+        "oracle_pick": best["trial"],
+        "oracle_pick_miou": best["miou"],
+    }
+    if chosen is not None:
+        result.update(pick=chosen["trial"], pick_miou=chosen["miou"], regret=best["miou"] - chosen["miou"])
+        print(
+            f"selected by {by}: mIoU {chosen['miou']:.2f}; the oracle's pick: {best['miou']:.2f} "
+            f"(regret {best['miou'] - chosen['miou']:.2f})"
+        )
+    if args.json:
+        _write_json(args.json, result)
+    return result
+
+
+def _write_json(path: str, result: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(jsonio.dumps(result, indent=2))

@@ -114,6 +114,7 @@ def run_sweep(
     max_concurrent: int | None = None,
     select: str | None = None,
     overrides: list[str] | None = None,
+    seed: int | None = None,
     address: str | None = None,
     log=print,
 ) -> SweepOutcome:
@@ -129,7 +130,7 @@ def run_sweep(
         if num_samples is not None:
             log(f"[tune] note: --num-samples is ignored when resuming (the sweep keeps {spec.num_samples})")
     else:
-        spec = load_space_for_run(space, smoke, num_samples, select, overrides)
+        spec = load_space_for_run(space, smoke, num_samples, select, overrides, seed)
         experiment_dir = new_experiment_dir(storage, name, spec)
         sweep = new_record(spec, experiment_dir, smoke=smoke, log=log)
 

@@ -41,6 +41,10 @@ LABEL_FREE_PROXIES: tuple[str, ...] = (
     *(k for k in VALIDATORS if k != "source_val_miou"),
 )
 
+# What `tune.py --select` (no value) optimises: the label-free criterion that selected best in the
+# MiniCity measurement (docs/results/minicity.md, "Selecting without target labels").
+DEFAULT_SELECT = "val/mixval"
+
 
 def metric_direction(metric: str) -> Direction | None:
     """Whether ``metric`` is better higher ("max") or lower ("min"); None for a metric no trial reports."""

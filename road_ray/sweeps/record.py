@@ -20,7 +20,7 @@ from road_ray.config import DATA_SPLITS, Config, ConfigError, apply_overrides, p
 from road_ray.engine.resolve import check_shard_folders, resolve_config
 from road_ray.storage import exists, is_uri, join, read_text
 from road_ray.sweeps import results
-from road_ray.sweeps.metrics import metric_direction
+from road_ray.sweeps.metrics import DEFAULT_SELECT, metric_direction
 from road_ray.sweeps.results import CRITERIA
 from road_ray.sweeps.space import SMOKE_SPACE, SearchSpace, SpaceError, load_space, space_from_dict
 
@@ -81,22 +81,29 @@ def load_space_for_run(
     num_samples: int | None,
     select: str | None = None,
     overrides: list[str] | None = None,
+    seed: int | None = None,
 ) -> SearchSpace:
     """The space of a new sweep: ``space`` (default: the MiniCity space, or the smoke space with
     ``smoke``); ``--smoke`` on a given space runs at most 3 trials, ``num_samples`` overrides;
     ``select``: the metric Optuna and ASHA optimise instead of the space's (e.g. a label-free
     validator, so that a sweep needs no target labels at all); ``overrides`` (``KEY=VALUE``, as
-    ``--set``) join the space's ``fixed:``."""
+    ``--set``) join the space's ``fixed:``; ``seed`` replaces the space's ``seed:`` (Optuna's sampler)."""
     spec = load_space(space if space is not None else (SMOKE_SPACE if smoke else None))
     if overrides:
         fixed = parse_overrides(overrides)
         apply_overrides(spec.base_config(smoke=smoke), fixed)  # an unknown key or a bad value fails here
         spec.fixed.update(fixed)
+    if select == "default":
+        select = DEFAULT_SELECT
     if select is not None:
         direction = metric_direction(select)
         if direction is None:
             raise SpaceError(f"--select {select!r}: not a metric trials report; e.g. {', '.join(CRITERIA[:-1])}")
         spec.metric, spec.mode = select, direction
+    if seed is not None:
+        if seed < 0:
+            raise SpaceError(f"--seed: expected >= 0, got {seed}")
+        spec.seed = seed
     if smoke and space is not None and num_samples is None:
         spec.num_samples = min(spec.num_samples, 3)
     if num_samples is not None:

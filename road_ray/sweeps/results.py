@@ -41,6 +41,8 @@ __all__ = [
     "read_experiment",
     "best_trial",
     "best_checkpoint",
+    "final_checkpoints",
+    "select_checkpoint",
     "locate_checkpoint",
     "display_path",
     "column_title",
@@ -104,12 +106,22 @@ def select_checkpoint(experiment_dir: str | Path, by: str | None = None) -> str:
     )
     if not ranked:
         raise ExperimentError(f"{exp.uri or exp.path}: no trial reported {metric!r}; nothing to select")
+    finals = {t.trial_id: c for t, c in final_checkpoints(exp)}
     for _, trial in ranked:
-        final = next((r["checkpoint_path"] for r in reversed(trial.rows) if r.get("checkpoint_path")), None)
+        if trial.trial_id in finals:
+            return finals[trial.trial_id]
+    raise ExperimentError(f"{exp.uri or exp.path}: the trials ranked by {metric!r} have no checkpoint left")
+
+
+def final_checkpoints(exp: Experiment) -> list[tuple[Trial, str]]:
+    """Each trial's final checkpoint that still exists (a diverged trial's last one, if any)."""
+    out = []
+    for t in exp.trials:
+        final = next((r["checkpoint_path"] for r in reversed(t.rows) if r.get("checkpoint_path")), None)
         found = final and locate_checkpoint(exp, final)
         if found:
-            return found
-    raise ExperimentError(f"{exp.uri or exp.path}: the trials ranked by {metric!r} have no checkpoint left")
+            out.append((t, found))
+    return out
 
 
 def best_checkpoint(experiment_dir: str | Path, metric: str = "miou", mode: str | None = None) -> str:
