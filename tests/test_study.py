@@ -157,6 +157,11 @@ def test_study_numbers_are_final_evaluations_over_seeds(tmp_path):
     # (16 - 11) / (31 - 11): the share of the NonAdapt -> oracle gap ROAD closes
     assert math.isclose(gap_closed(result, "road"), 0.25) and result["gap_closed"]["oracle"] == 1.0
     assert result["settings"]["wall_time_s"] == 1100 + 5 - 900
+    # ROAD - NonAdapt: 16 - 11 = 5; Welch: se = sqrt(2/2 + 2/2), df = 2, t = 4.303
+    d = result["vs_baseline"]["road"]
+    assert d["mean"] == 5.0 and d["df"] == pytest.approx(2.0)
+    assert (d["low"], d["high"]) == pytest.approx((5 - 4.303 * math.sqrt(2), 5 + 4.303 * math.sqrt(2)))
+    assert result["vs_baseline"]["nonadapt"] is None
 
 
 def test_study_report_has_the_papers_table_and_figures(tmp_path):
@@ -241,3 +246,11 @@ def test_tiny_study_end_to_end(ray_session, road_ray_home, tmp_path):
         study["points"][p]["n"] == 1 and study["points"][p]["miou"]["mean"] is not None for p in ("nonadapt", "oracle")
     )
     assert study["settings"]["machine"]["minicity_version"] == "1.0"
+
+
+def test_difference_ci_edges():
+    from road_ray.sweeps.stats import difference_ci, t_975
+
+    assert difference_ci([1.0], [2.0, 3.0]) is None
+    assert difference_ci([2.0, 2.0], [1.0, 1.0]) == {"mean": 1.0, "low": 1.0, "high": 1.0, "df": None}
+    assert t_975(2.9) == 4.303 and t_975(500) == 1.96 and t_975(0.5) == 12.706

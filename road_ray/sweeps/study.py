@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from road_ray import jsonio
 from road_ray.sweeps.metrics import LABEL_FREE_PROXIES  # noqa: E402
 from road_ray.sweeps.results import Experiment, display_path, number  # noqa: E402
+from road_ray.sweeps.stats import difference_ci  # noqa: E402
 from road_ray.sweeps.trial import POINT_KEY  # noqa: E402
 
 IOU_PREFIX = "iou/"
@@ -107,7 +108,16 @@ def study_results(exp: Experiment) -> dict[str, Any]:
         "settings": settings_summary(exp),
     }
     result["gap_closed"] = {name: gap_closed(result, name) for name in points}
+    result["vs_baseline"] = {name: vs_baseline(out_points, baseline, name) for name in points}
     return result
+
+
+def vs_baseline(points: dict[str, Any], baseline: str | None, name: str) -> dict[str, Any] | None:
+    """The point's final mIoU minus the baseline's, mean over seeds with a 95% interval (Welch)."""
+    if baseline is None or baseline not in points or name == baseline:
+        return None
+    finals = {n: [r["miou"] for r in points[n]["runs"] if r.get("miou") is not None] for n in (name, baseline)}
+    return difference_ci(finals[name], finals[baseline])
 
 
 def gap_closed(result: dict[str, Any], name: str) -> float | None:
@@ -199,17 +209,23 @@ def points_table(result: dict[str, Any], members: dict[str, str] | None = None) 
     b, u = result.get("baseline"), result.get("upper_bound")
     gap_title = f"gap {b}→{u} closed" if b and u else "gap closed"
     lines = [
-        f"| point | runs | mIoU (oracle) | source-val mIoU | target entropy | {gap_title} |",
-        "|---|---|---|---|---|---|",
+        f"| point | runs | mIoU (oracle) | Δ vs {b or 'baseline'} [95% CI] | source-val mIoU | target entropy | "
+        f"{gap_title} |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, name in members.items():
         p = result["points"][name]
         share = result["gap_closed"].get(name)
         lines.append(
-            f"| {label} | {p['n']} | {_pm(p['miou'])} | {_pm(p['source_val_miou'])} | {_pm(p['target_entropy'], 3)} | "
+            f"| {label} | {p['n']} | {_pm(p['miou'])} | {_ci(result.get('vs_baseline', {}).get(name))} | "
+            f"{_pm(p['source_val_miou'])} | {_pm(p['target_entropy'], 3)} | "
             f"{'—' if share is None else f'{100 * share:.0f}%'} |"
         )
     return lines
+
+
+def _ci(d: dict[str, Any] | None) -> str:
+    return "—" if d is None else f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
 
 
 def class_table(result: dict[str, Any], members: dict[str, str]) -> list[str]:
