@@ -423,8 +423,9 @@ def test_report_and_eval_best_of_the_sweep(cluster: TwoNodeCluster, sweep: Sweep
 
 def test_smoke_sweep_submitted_as_a_job_then_eval_best(cluster: TwoNodeCluster):
     """The README's cluster path verbatim: ``ray job submit --working-dir . -- python tune.py --smoke``
-    (MiniCity and the small backbone prepared by the job's driver), then ``eval --best``."""
-    from road_ray.sweeps.results import best_checkpoint
+    (MiniCity and the small backbone prepared by the job's driver), then ``eval --best``: the final
+    checkpoint of the trial the sweep's metric selects."""
+    from road_ray.sweeps.results import select_checkpoint
 
     storage = cluster.base / "smoke-results"
     job = cluster.run(
@@ -454,4 +455,4 @@ def test_smoke_sweep_submitted_as_a_job_then_eval_best(cluster: TwoNodeCluster):
         timeout=180,
     )
     scores = json.loads(out.read_text())
-    assert scores["checkpoint"] == best_checkpoint(storage / "smoke") and 0.0 <= scores["miou"] <= 100.0
+    assert scores["checkpoint"] == select_checkpoint(storage / "smoke") and 0.0 <= scores["miou"] <= 100.0
