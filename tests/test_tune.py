@@ -271,3 +271,4 @@ def test_a_sweep_that_reads_no_target_label(ray_session, road_ray_home, tmp_path
     assert main([*args, "--max-images", "2", "--json", str(out)]) == 0
     each = json.loads(out.read_text())
     assert each["by"] == DEFAULT_SELECT and len(each["trials"]) == 2 and each["pick"] == outcome.best_trial
+    assert each["shards"].endswith("target_val")  # one split, resolved once, named in the JSON

@@ -169,8 +169,11 @@ def eval_from_cli(args: argparse.Namespace) -> dict[str, Any]:
     return evaluate_checkpoint(resolve_checkpoint(args), args)
 
 
-def evaluate_checkpoint(checkpoint: str, args: argparse.Namespace, table: bool = True) -> dict[str, Any]:
-    """One checkpoint on the split the arguments name: the scores, printed and (``--json``) written."""
+def evaluate_checkpoint(
+    checkpoint: str, args: argparse.Namespace, shards: str | None = None, table: bool = True
+) -> dict[str, Any]:
+    """One checkpoint on ``shards`` (default: the split the arguments name): the scores, printed
+    and (``--json``, with ``table``) written."""
     model, cfg, iteration = load_model(local_checkpoint(checkpoint))  # a URI is fetched first
     settings = EvalSettings(
         mode=args.mode or cfg.data.eval_mode,
@@ -180,8 +183,9 @@ def evaluate_checkpoint(checkpoint: str, args: argparse.Namespace, table: bool =
     )
     label_space = get_label_space(cfg.data.label_space)
     with tempfile.TemporaryDirectory(prefix="road-ray-eval-") as tmp:
-        shards = resolve_shards(args, cfg, tmp)
-        check_shard_folder(shards, key=_shards_key(args))  # a damaged part is named before inference
+        if shards is None:
+            shards = resolve_shards(args, cfg, tmp)
+            check_shard_folder(shards, key=_shards_key(args))  # a damaged part is named before inference
         batches: Iterator[dict[str, Any]] = shard_batches(shards, args.max_images)
         writer = None
         overlays = getattr(args, "save_overlays", None)
@@ -222,22 +226,16 @@ def eval_each_trial(args: argparse.Namespace) -> dict[str, Any]:
     exp = read_experiment(args.experiment)
     by = args.by or exp.metric
     picked = select_checkpoint(args.experiment, by=args.by)
-    rows = []
-    for trial, checkpoint in final_checkpoints(exp):
-        scores = evaluate_checkpoint(checkpoint, args, table=False)
-        rows.append(
-            {
-                "trial": trial.trial_id,
-                "params": trial.params,
-                "state": trial.state,
-                by: trial.value(by),
-                "miou": scores["miou"],
-                "checkpoint": checkpoint,
-                "picked": checkpoint == picked,
-            }
-        )
-    if not rows:
+    finals = final_checkpoints(exp)
+    if not finals:
         raise ValueError(f"{args.experiment}: no trial has a final checkpoint to evaluate")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="road-ray-eval-") as tmp:
+        # One split for every trial, resolved (and a raw dataset prepared) once.
+        shards = resolve_shards(args, read_checkpoint_config(local_checkpoint(finals[0][1])), tmp)
+        check_shard_folder(shards, key=_shards_key(args))
+        for trial, checkpoint in finals:
+            rows.append(_trial_row(trial, checkpoint, by, checkpoint == picked, args, shards))
     best = max(rows, key=lambda r: r["miou"])
     chosen = next((r for r in rows if r["picked"]), None)
     print(f"{'trial':<10} {by:>16} {'mIoU':>6}  state")
@@ -247,7 +245,7 @@ def eval_each_trial(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{r['trial']:<10} {value:>16} {r['miou']:6.2f}  {r['state']}{mark}")
     result = {
         "experiment": str(args.experiment),
-        "shards": rows[0].get("shards"),
+        "shards": shards,
         "by": by,
         "trials": rows,
         "oracle_pick": best["trial"],
@@ -262,6 +260,19 @@ def eval_each_trial(args: argparse.Namespace) -> dict[str, Any]:
     if args.json:
         _write_json(args.json, result)
     return result
+
+
+def _trial_row(trial: Any, checkpoint: str, by: str, picked: bool, args: argparse.Namespace, shards: str) -> dict:
+    scores = evaluate_checkpoint(checkpoint, args, shards=shards, table=False)
+    return {
+        "trial": trial.trial_id,
+        "params": trial.params,
+        "state": trial.state,
+        by: trial.value(by),
+        "miou": scores["miou"],
+        "checkpoint": checkpoint,
+        "picked": picked,
+    }
 
 
 def _write_json(path: str, result: dict[str, Any]) -> None:

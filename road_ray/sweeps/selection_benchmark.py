@@ -21,8 +21,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from road_ray.sweeps.metrics import LABEL_FREE_PROXIES, natural_mode
+from road_ray.sweeps.metrics import natural_mode
 from road_ray.sweeps.results import Experiment, Trial, number
+from road_ray.sweeps.trial import trial_config
 
 EXCLUDED_MODES = ("oracle",)  # trained on target labels: no label-free user has one to choose
 
@@ -39,13 +40,9 @@ class ScoredTrial:
 
 
 def trial_mode(exp: Experiment, trial: Trial) -> str:
-    """``road.mode`` of a trial: searched, its study point's, the space's fixed one, or the base config's."""
+    """``road.mode`` of a trial, from its config as the trial built it (:func:`trial_config`)."""
     space = exp.record.get("space") or {}
-    point = (space.get("points") or {}).get(trial.params.get("point"), {})
-    for source in (trial.params, point, space.get("fixed") or {}):
-        if "road.mode" in source:
-            return str(source["road.mode"])
-    return str(((exp.record.get("base_config") or {}).get("road") or {}).get("mode", "road"))
+    return trial_config(exp.record.get("base_config") or {}, trial.params, space.get("points")).road.mode
 
 
 def scored_trials(
@@ -174,11 +171,6 @@ def meets_goal(r: dict[str, Any], regret_limit: float = 1.0, rho_min: float = 0.
         and r["spearman"] is not None
         and r["spearman"] >= rho_min
     )
-
-
-def default_criteria() -> tuple[str, ...]:
-    """Every label-free criterion trials report (the target-val entropy kept for comparison)."""
-    return LABEL_FREE_PROXIES
 
 
 def _pick_id(trials: list[ScoredTrial], criterion: str) -> str | None:

@@ -14,10 +14,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from road_ray import jsonio  # noqa: E402
+from road_ray.sweeps.metrics import LABEL_FREE_PROXIES  # noqa: E402
 from road_ray.sweeps.results import ExperimentError, display_path, read_experiment  # noqa: E402
 from road_ray.sweeps.selection_benchmark import (  # noqa: E402
     ScoredTrial,
-    default_criteria,
     measure,
     meets_goal,
     ranking,
@@ -41,7 +41,7 @@ def write_selection_report(
         raise ValueError("road-ray selection: give at least one --experiment DIR or --scored-by-eval FILE")
     if len(inputs) > len(LABELS):
         raise ValueError(f"road-ray selection: at most {len(LABELS)} experiments, got {len(inputs)}")
-    criteria = default_criteria()
+    criteria = LABEL_FREE_PROXIES  # every label-free criterion trials report
     experiments: dict[str, list[ScoredTrial]] = {}
     sources = {}
     for d, oracle in inputs:
