@@ -233,6 +233,9 @@ class RunConfig:
     precision: Precision = "auto"  # auto: bf16 on GPU and on CPUs with native bf16, else fp32 (engine/precision.py)
     eval_every: int = 100
     log_every: int = 10
+    # Fixes the initialisation, the crop draws and the shard files' order; not the order in
+    # which Ray Data's parallel tasks deliver rows, nor its local shuffle; two runs of one seed are two draws
+    # (docs/results/minicity.md measures how far apart).
     seed: int = 0
     max_failures: int = 2
     storage: str = ""  # "" -> ~/road-ray-results

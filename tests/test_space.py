@@ -75,6 +75,20 @@ def test_minicity_space_searches_grid_and_teacher_layer():
     assert space.scheduler.type == "asha"
 
 
+def test_first_point_space_is_the_default_sweeps_first_trial():
+    """minicity_first_point measures the spread of the default sweep's first trial: every
+    setting of that trial's config must be the same."""
+    sweep, spread = load_space("minicity"), load_space("minicity_first_point")
+    first = trial_config(sweep.base_config(), sweep.points_to_evaluate[0], sweep.points)
+    (point,) = spread.grid_points()[:1]
+    again = trial_config(spread.base_config(), point, spread.points)
+    assert again.to_dict() | {"run": {}} == first.to_dict() | {"run": {}}
+    assert {k: v for k, v in again.run.__dict__.items() if k != "seed"} == {
+        k: v for k, v in first.run.__dict__.items() if k != "seed"
+    }
+    assert [p["run.seed"] for p in spread.grid_points()] == [0, 1, 2]
+
+
 def test_smoke_space_uses_the_smoke_sizes():
     space = load_space("smoke")
     base = space.base_config()
