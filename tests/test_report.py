@@ -132,6 +132,24 @@ def test_select_checkpoint_takes_the_final_checkpoint_of_the_trial_best_by_a_cri
         results.select_checkpoint(path, by="val/im")
 
 
+def test_the_best_trial_printed_and_reported_is_the_one_whose_final_checkpoint_is_selected(tmp_path):
+    """A trial that peaked early and ended low is not the best trial: tune.py's summary, the
+    report and eval --best all name the trial with the best *final* value, and its checkpoint."""
+    from road_ray.sweeps.outcome import sweep_outcome
+
+    trials = [
+        _trial("peak0001", 0.1, 0.01, "3x3", "layer4", [30.0, 10.0]),  # best over time, final 10
+        _trial("last0002", 0.5, 0.3, "2x2", "layer3", [20.0, 25.0]),  # final 25
+    ]
+    path = make_experiment(tmp_path, trials=trials)
+    outcome = sweep_outcome(str(path))
+    assert outcome.best_trial == "last0002" and outcome.best_value == 25.0
+    assert "last0002" in outcome.best_checkpoint and outcome.best_checkpoint == results.select_checkpoint(path)
+    assert "peak0001" in results.select_checkpoint(path, by=results.OVER_TIME)  # test-set selection, named
+    md = (write_report(path, tmp_path / "out", log=lambda *_: None) / "report.md").read_text()
+    assert "**Best trial:** `last0002` — final miou 25.00 at iteration 20" in md
+
+
 def test_best_checkpoint_skips_deleted_and_follows_moved_experiments(tmp_path):
     path = make_experiment(tmp_path / "a")
     best = Path(best_checkpoint(path))

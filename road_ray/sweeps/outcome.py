@@ -11,8 +11,9 @@ from road_ray.sweeps import results
 
 @dataclass
 class SweepOutcome:
-    """What ``run_sweep`` returns: the experiment, its table of trials, the best trial by the
-    sweep's metric and its final checkpoint, how many trials did not finish, and — when trials
+    """What ``run_sweep`` returns: the experiment, its table of trials, the best trial (the best
+    *final* report of the sweep's metric, :func:`~road_ray.sweeps.results.selected_trial`) and its
+    final checkpoint, how many trials did not finish, and — when trials
     were scored on target val — the oracle's pick beside it (trial, its mIoU, the pick's mIoU)."""
 
     experiment_dir: str
@@ -29,15 +30,11 @@ def sweep_outcome(experiment_dir: str) -> SweepOutcome:
     """Read the experiment folder (finished or not) into its :class:`SweepOutcome`."""
     exp = results.read_experiment(experiment_dir)
     table = results.format_table(exp)
-    try:
-        trial, row = results.best_trial(exp)
-        best_id, best_value = trial.trial_id, row.get(exp.metric)
+    try:  # the final report decides, as for `road-ray eval --best` (not the best over time)
+        trial, checkpoint = results.selected_trial(exp)
+        best_id, best_value = trial.trial_id, trial.value(exp.metric)
     except results.ExperimentError:
-        best_id, best_value = None, None
-    try:
-        checkpoint = results.select_checkpoint(experiment_dir)
-    except results.ExperimentError:
-        checkpoint = None
+        best_id, best_value, checkpoint = None, None, None
     unfinished = sum(t.state in ("unfinished", "not started", "error") for t in exp.trials)
     oracle_pick = _oracle_pick(exp, best_id)
     return SweepOutcome(
@@ -74,7 +71,8 @@ def print_outcome(outcome: SweepOutcome, out=sys.stdout) -> None:
         print(f"\nNo trial reported {outcome.metric}; nothing to select.", file=out)
         return
     print(
-        f"\nBest trial: {outcome.best_trial} ({outcome.metric} {results.format_value(outcome.best_value, outcome.metric)})",
+        f"\nBest trial: {outcome.best_trial} (final {outcome.metric} "
+        f"{results.format_value(outcome.best_value, outcome.metric)})",
         file=out,
     )
     print(

@@ -30,14 +30,13 @@ from road_ray.sweeps.results import (  # noqa: E402
     TRAIN_RUNS,
     Experiment,
     ExperimentError,
-    best_trial,
     column_title,
     display_path,
     format_table,
     format_value,
     number,
     read_experiment,
-    select_checkpoint,
+    selected_trial,
 )
 from road_ray.sweeps.selection import selection_markdown  # noqa: E402
 from road_ray.sweeps.study import is_study, wall_time, write_study  # noqa: E402
@@ -115,23 +114,20 @@ def _markdown(exp: Experiment, plots: list[tuple[str, str]], notes: list[str], s
     try:
         if is_study(exp):
             raise ExperimentError("a study compares fixed points: no best trial")  # its sections say it all
-        trial, row = best_trial(exp)
+        trial, checkpoint = selected_trial(exp)
         params = ", ".join(f"{column_title(k)} = {format_value(trial.params.get(k))}" for k in exp.searched_keys)
         lines += [
-            f"**Best trial:** `{trial.trial_id}` — {exp.metric} {format_value(row.get(exp.metric), exp.metric)} "
-            f"at iteration {row.get('iter')} ({params})."
+            f"**Best trial:** `{trial.trial_id}` — final {exp.metric} "
+            f"{format_value(trial.value(exp.metric), exp.metric)} at iteration {trial.iter} ({params})."
         ]
-        try:
-            lines += [
-                "",
-                f"**Selected checkpoint** (the final one of the trial whose final {exp.metric} is best): "
-                f"`{display_path(select_checkpoint(exp.uri or exp.path))}`",
-                "",
-                f"Evaluate it: `road-ray eval --experiment {display_path(exp.uri or exp.path)} --best` "
-                "(`--by CRITERION` for another criterion; `--by miou-over-time` is test-set selection)",
-            ]
-        except ExperimentError as e:
-            lines += ["", f"Best checkpoint: unavailable ({e})."]
+        lines += [
+            "",
+            f"**Selected checkpoint** (the final one of the trial whose final {exp.metric} is best): "
+            f"`{display_path(checkpoint)}`",
+            "",
+            f"Evaluate it: `road-ray eval --experiment {display_path(exp.uri or exp.path)} --best` "
+            "(`--by CRITERION` for another criterion; `--by miou-over-time` is test-set selection)",
+        ]
     except ExperimentError as e:
         lines += [] if is_study(exp) else [f"No best trial: {e}"]
     lines.append("")

@@ -43,6 +43,7 @@ __all__ = [
     "best_checkpoint",
     "final_checkpoints",
     "select_checkpoint",
+    "selected_trial",
     "locate_checkpoint",
     "display_path",
     "column_title",
@@ -91,16 +92,23 @@ def select_checkpoint(experiment_dir: str | Path, by: str | None = None) -> str:
 
     A criterion is a reported metric (``miou``, ``source_val_miou``, a ``val/*`` validator, ...):
     the trial whose *final* report is best by it, and that trial's final checkpoint — what a user
-    without target labels can choose. ``miou-over-time`` is test-set selection: the best target-val
-    mIoU over every evaluation of every trial (:func:`best_checkpoint`).
+    without target labels can choose (:func:`selected_trial`). ``miou-over-time`` is test-set
+    selection: the best target-val mIoU over every evaluation of every trial (:func:`best_checkpoint`).
     """
     if by == OVER_TIME:
         return best_checkpoint(experiment_dir, metric="miou")
-    exp = read_experiment(experiment_dir)
+    return selected_trial(read_experiment(experiment_dir), by)[1]
+
+
+def selected_trial(exp: Experiment, by: str | None = None) -> tuple[Trial, str]:
+    """The trial whose final report is best ``by`` a criterion (default: the sweep's metric), among
+    those with a final checkpoint left, and that checkpoint. The one rule behind ``eval --best``,
+    the best trial ``tune.py`` prints and the report's selected checkpoint."""
     metric = by or exp.metric
     if not is_reported(metric):
         raise ExperimentError(f"--by {metric!r}: not a metric trials report; expected one of {', '.join(CRITERIA)}")
-    sign = 1 if natural_mode(metric) == "max" else -1
+    mode = exp.mode if metric == exp.metric else natural_mode(metric)
+    sign = 1 if mode == "max" else -1
     ranked = sorted(
         ((v, t) for t in exp.trials if (v := t.value(metric)) is not None), key=lambda vt: sign * vt[0], reverse=True
     )
@@ -109,7 +117,7 @@ def select_checkpoint(experiment_dir: str | Path, by: str | None = None) -> str:
     finals = {t.trial_id: c for t, c in final_checkpoints(exp)}
     for _, trial in ranked:
         if trial.trial_id in finals:
-            return finals[trial.trial_id]
+            return trial, finals[trial.trial_id]
     raise ExperimentError(f"{exp.uri or exp.path}: the trials ranked by {metric!r} have no checkpoint left")
 
 
