@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="default",
         help="optimise this metric instead of the space's (Optuna's and ASHA's); without a value (or 'default'): the "
-        "criterion that selected best on MiniCity (road_ray/sweeps/metrics.py DEFAULT_SELECT, "
+        "criterion with the smallest worst-case regret on MiniCity (road_ray/sweeps/metrics.py DEFAULT_SELECT, "
         "docs/results/minicity.md); or a label-free validator "
         "(val/im, val/bnm, val/snd, val/dev, val/entropy, val/mixval; docs/validators.md) or source_val_miou, so "
         "that the sweep chooses without target labels (add --set data.target_val=none to read none at all)",

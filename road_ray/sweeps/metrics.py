@@ -41,8 +41,9 @@ LABEL_FREE_PROXIES: tuple[str, ...] = (
     *(k for k in VALIDATORS if k != "source_val_miou"),
 )
 
-# What `tune.py --select` (no value) optimises: the label-free criterion that selected best in the
-# MiniCity measurement (docs/results/minicity.md, "Selecting without target labels").
+# What `tune.py --select` (no value) optimises: the label-free criterion with the smallest
+# worst-case regret in the MiniCity measurement, though far from reliable there
+# (docs/results/minicity.md, "Selecting without target labels").
 DEFAULT_SELECT = "val/mixval"
 
 
