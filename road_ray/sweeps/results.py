@@ -39,7 +39,6 @@ __all__ = [
     "Trial",
     "number",
     "read_experiment",
-    "best_trial",
     "best_checkpoint",
     "final_checkpoints",
     "select_checkpoint",
@@ -74,17 +73,6 @@ PARAM_TITLES = {
 
 # ---------------------------------------------------------------------------------------
 # Selection
-
-
-def best_trial(exp: Experiment, metric: str | None = None, mode: str | None = None) -> tuple[Trial, dict[str, Any]]:
-    """The trial with the best report of ``metric`` (default: the sweep's), and that report."""
-    metric = metric or exp.metric
-    mode = mode or (exp.mode if metric == exp.metric else natural_mode(metric))
-    scored = [(t, r) for t in exp.trials if (r := t.best_row(metric, mode)) is not None]
-    if not scored:
-        raise ExperimentError(f"{exp.uri or exp.path}: no trial reported {metric!r} yet; nothing to select")
-    sign = 1 if mode == "max" else -1
-    return max(scored, key=lambda tr: sign * number(tr[1][metric]))  # type: ignore[operator]
 
 
 def select_checkpoint(experiment_dir: str | Path, by: str | None = None) -> str:
