@@ -131,8 +131,14 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "each parameter, parameter importance, the paper's point vs the best, what the label-free proxies would "
         "select; for a study (points: in the space), the paper's per-class table and bar charts over seeds.",
     )
-    p.add_argument("--experiment", required=True, help="the sweep experiment directory")
-    p.add_argument("--out", help="output folder (default: EXPERIMENT/report)")
+    p.add_argument(
+        "--experiment",
+        action="append",
+        required=True,
+        help="the sweep experiment directory; repeated: a study and experiments that add seeds to its points, "
+        "reported as one study",
+    )
+    p.add_argument("--out", help="output folder (default: the first EXPERIMENT/report)")
     p.set_defaults(run=cmd_report)
 
 

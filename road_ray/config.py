@@ -232,7 +232,7 @@ class RunConfig:
     cpus_per_worker: float = 1.0
     precision: Precision = "auto"  # auto: bf16 on GPU and on CPUs with native bf16, else fp32 (engine/precision.py)
     eval_every: int = 100
-    log_every: int = 10
+    log_every: int = 10  # the progress line's (and a report's) losses: the mean over these steps
     # Fixes the initialisation, the crop draws and the shard files' order; not the order in
     # which Ray Data's parallel tasks deliver rows, nor its local shuffle; two runs of one seed are two draws
     # (docs/results/minicity.md measures how far apart).

@@ -221,6 +221,34 @@ def test_seg_loss_falls_over_training(tmp_path):
     assert np.mean(seg[-5:]) < 0.7 * np.mean(seg[:5])
 
 
+def test_the_logged_loss_is_the_mean_over_the_log_interval():
+    from road_ray.engine.progress import ProgressLog
+    from road_ray.road import StepOutput
+
+    def step(seg, spt=0.0, acc=0.5):
+        t = torch.tensor
+        return StepOutput(
+            loss=t(seg + spt, requires_grad=True),
+            losses={"seg": t(seg), "dist": t(0.0), "spt": t(spt)},
+            domain_acc=t(acc),
+        )
+
+    lines: list[str] = []
+    progress = ProgressLog(max_iters=10, images_per_step=4, start_iter=0, log=lines.append)
+    for seg, acc in [(1.0, 0.25), (4.0, 0.75), (1.0, 0.5)]:  # one spike among three steps
+        progress.observe(step(seg, spt=0.5, acc=acc))
+    m = progress.metrics(3, lr=0.1)
+    assert m["loss/seg"] == pytest.approx(2.0) and m["loss/total"] == pytest.approx(2.5)
+    assert m["loss/spt"] == pytest.approx(0.5) and m["domain_acc"] == pytest.approx(0.5) and len(lines) == 1
+    progress.observe(step(3.0))  # the next interval starts from zero
+    assert progress.metrics(4, lr=0.1)["loss/seg"] == pytest.approx(3.0)
+    # A NaN in any step of the interval, not only its last, stops the run.
+    progress.observe(step(float("nan")))
+    progress.observe(step(1.0))
+    with pytest.raises(TrainingDiverged, match="loss became nan by iteration 6"):
+        progress.metrics(6, lr=0.1)
+
+
 def test_divergence_stops_with_a_clear_reason(tmp_path):
     cfg = tiny_config(**{"optim.lr": 1e12, "optim.max_iters": 30, "run.eval_every": 2, "road.mode": "nonadapt"})
     rec = Recorder(tmp_path)

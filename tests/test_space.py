@@ -89,6 +89,16 @@ def test_first_point_space_is_the_default_sweeps_first_trial():
     assert [p["run.seed"] for p in spread.grid_points()] == [0, 1, 2]
 
 
+def test_the_studys_top_up_seeds_run_the_studys_own_points():
+    """minicity_study_seeds34 adds seeds 3 and 4 to points of minicity_study: the report reads the
+    two as one study, so every trial config must be the study's but for the seed."""
+    study, more = load_space("minicity_study"), load_space("minicity_study_seeds34")
+    assert more.base_config().to_dict() == study.base_config().to_dict()
+    assert more.points and all(study.points[name] == overrides for name, overrides in more.points.items())
+    assert {"nonadapt", "road", "dst", "spt"} <= set(more.points) and "oracle" not in more.points
+    assert more.grid == {"run.seed": [3, 4]} and not set(more.grid["run.seed"]) & set(study.grid["run.seed"])
+
+
 def test_smoke_space_uses_the_smoke_sizes():
     space = load_space("smoke")
     base = space.base_config()

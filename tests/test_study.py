@@ -100,6 +100,8 @@ def test_oracle_trains_on_the_labelled_target_split(road_ray_home):
 # The report of a study, on a synthetic experiment folder
 
 MIOU = {
+    ("road", 2): 19.0,  # the top-up experiment's (test_a_study_topped_up_with_seeds_reads_as_one)
+    ("road", 3): 21.0,
     ("nonadapt", 0): 10.0,
     ("nonadapt", 1): 12.0,
     ("road", 0): 15.0,
@@ -109,19 +111,21 @@ MIOU = {
 }
 
 
-def make_study_experiment(root: Path) -> Path:
-    space = space_from_dict(STUDY, "study.yaml")
-    exp = root / "study-test"
+def make_study_experiment(
+    root: Path, study: dict = STUDY, name: str = "study-test", created: float = 900.0, base: dict | None = None
+) -> Path:
+    space = space_from_dict(study, "study.yaml")
+    exp = root / name
     exp.mkdir(parents=True)
     trial_data = []
     for i, params in enumerate(space.grid_points()):
-        trial_id = f"st{i:06d}"
+        trial_id = f"{name[:4]}{i:06d}"
         d = exp / f"trial_{trial_id}"
         d.mkdir()
         (d / "params.json").write_text(json.dumps(params))
         miou = MIOU[(params["point"], params["run.seed"])]
         rows = [
-            {"iter": 3, "miou": miou - 5, "trial_id": trial_id, "timestamp": 1000 + i},
+            {"iter": 3, "miou": miou - 5, "trial_id": trial_id, "timestamp": created + 100 + i},
             {
                 "iter": 6,
                 "miou": miou,
@@ -130,7 +134,7 @@ def make_study_experiment(root: Path) -> Path:
                 "source_val_miou": 50.0,
                 "target_entropy": 1.0 / miou,
                 "trial_id": trial_id,
-                "timestamp": 1100 + i,
+                "timestamp": created + 200 + i,
             },
         ]
         (d / "result.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -142,11 +146,56 @@ def make_study_experiment(root: Path) -> Path:
         "mode": "max",
         "searched_keys": space.searched_keys,
         "space": space.to_dict(),
-        "base_config": {"optim": {"max_iters": 6}},
-        "created_unix": 900.0,
+        "base_config": base or {"optim": {"max_iters": 6}},
+        "created_unix": created,
+        "machine": {"commit": name[-4:]},
     }
     (exp / results.SWEEP_RECORD).write_text(json.dumps(record))
     return exp
+
+
+TOP_UP = {**STUDY, "points": {"road": {"road.mode": "road"}}, "grid": {"run.seed": [2, 3]}, "studies": {}}
+TOP_UP.pop("upper_bound"), TOP_UP.pop("baseline")
+
+
+def test_a_study_topped_up_with_seeds_reads_as_one(tmp_path):
+    from road_ray.sweeps.study import merge_studies
+
+    main = make_study_experiment(tmp_path)
+    more = make_study_experiment(tmp_path, TOP_UP, name="more-seeds", created=5000.0)
+    merged = merge_studies([read_experiment(main), read_experiment(more)])
+    result = study_results(merged)
+    road = result["points"]["road"]
+    assert road["n"] == 4 and road["miou"]["mean"] == 18.0 and [r["seed"] for r in road["runs"]] == [0, 1, 2, 3]
+    assert result["points"]["nonadapt"]["n"] == 2 and result["vs_baseline"]["road"]["mean"] == 18.0 - 11.0
+    assert [p["experiment"] for p in result["parts"]] == ["study-test", "more-seeds"]
+    assert [p["runs"] for p in result["parts"]] == [6, 2] and result["parts"][1]["commit"] == "eeds"
+    # the wall time is the parts' own, not the hours between them: (205 - 0) + (201 - 0) from each creation
+    assert result["settings"]["wall_time_s"] == (900 + 205 - 900) + (5000 + 201 - 5000)
+    md = (write_report([main, more], tmp_path / "r", log=lambda *_: None) / "report.md").read_text()
+    assert "The runs of 2 experiments, read together: study-test (6 runs" in md and "more-seeds (2 runs" in md
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"grid": {"run.seed": [1, 2]}}, "more-seeds: point 'road' seed 1 already ran in study-test"),
+        ({"points": {"road": {"road.mode": "road", "road.grid": "2x2"}}}, "more-seeds: point 'road' is"),
+    ],
+)
+def test_a_top_up_must_be_the_same_study(tmp_path, change, message):
+    from road_ray.sweeps.experiment import ExperimentError
+    from road_ray.sweeps.study import merge_studies
+
+    main = read_experiment(make_study_experiment(tmp_path))
+    more = read_experiment(make_study_experiment(tmp_path, {**TOP_UP, **change}, name="more-seeds"))
+    with pytest.raises(ExperimentError, match=message):
+        merge_studies([main, more])
+    other = read_experiment(
+        make_study_experiment(tmp_path, TOP_UP, name="other-base", base={"optim": {"max_iters": 9}})
+    )
+    with pytest.raises(ExperimentError, match="other-base: its base config differs from study-test's"):
+        merge_studies([main, other])
 
 
 def test_study_numbers_are_final_evaluations_over_seeds(tmp_path):

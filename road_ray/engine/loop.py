@@ -271,9 +271,10 @@ def train_loop(
                 run.objective, run.optimizer, batch, autocast_dtype=run.amp_dtype, device_type=hooks.device.type
             )
             run.iteration = iteration
+            progress.observe(out)
             is_eval = iteration % cfg.run.eval_every == 0 or iteration == cfg.optim.max_iters
             if iteration % cfg.run.log_every == 0 or is_eval:
-                metrics = progress.metrics(iteration, lr, out)  # one host sync per log interval
+                metrics = progress.metrics(iteration, lr)  # one host sync per log interval
         if is_eval:
             with timeline.phase("eval"):
                 metrics.update(evaluate_run())

@@ -1,8 +1,8 @@
 """What a run says while it trains: progress lines, the divergence guard, and where its time goes.
 
-:class:`ProgressLog` turns one step's detached losses into the logged metrics once per log
-interval (the only host sync of the loop), stops a run whose loss is NaN/inf, and prints the
-progress line (losses, images/s, ETA). :class:`Timeline` sums the wall time of a run's phases
+:class:`ProgressLog` sums every step's detached losses on the device and turns their mean over
+the log interval into the logged metrics once per interval (the only host sync of the loop), stops
+a run whose loss is NaN/inf, and prints the progress line (losses, images/s, ETA). :class:`Timeline` sums the wall time of a run's phases
 (start-up to the first step, training steps, evaluations, checkpoints), so that a run reports
 ``train_share``: the fraction of its time spent training.
 """
@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from torch import Tensor
 
 from road_ray.road import StepOutput
 
@@ -62,29 +64,45 @@ class Timeline:
 
 
 class ProgressLog:
-    """Per log interval: losses as numbers, images/s, ETA, and the divergence guard."""
+    """Per log interval: the mean losses of its steps, images/s, ETA, and the divergence guard.
+
+    One step's loss on a batch of a few crops swings to several times the trend, so a logged
+    (and reported) loss is the mean over the steps since the last log, as mmsegmentation's
+    logger does; a NaN/inf in any of those steps makes the mean NaN/inf and stops the run.
+    """
 
     def __init__(
         self, max_iters: int, images_per_step: int, start_iter: int, log: Callable[[str], None] | None
     ) -> None:
         self.max_iters, self.images_per_step, self.log = max_iters, images_per_step, log
         self._t, self._it = time.perf_counter(), start_iter
+        self._sums: dict[str, Tensor] = {}
+        self._steps = 0
 
-    def metrics(self, iteration: int, lr: float, out: StepOutput) -> dict[str, Any]:
-        """One host sync: the step's losses as floats; raises TrainingDiverged on NaN/inf."""
-        losses = {k: v.item() for k, v in out.losses.items()}
-        total = out.loss.item()
+    def observe(self, out: StepOutput) -> None:
+        """Add one step's detached losses to the interval's sums (on the device: no host sync)."""
+        step = {"total": out.loss.detach(), **out.losses, "domain_acc": out.domain_acc}
+        self._sums = {k: v.float() + self._sums[k] if k in self._sums else v.float() for k, v in step.items()}
+        self._steps += 1
+
+    def metrics(self, iteration: int, lr: float) -> dict[str, Any]:
+        """One host sync: the interval's mean losses as floats; raises TrainingDiverged on NaN/inf."""
+        if not self._steps:
+            raise RuntimeError("ProgressLog.metrics: no step observed since the last log")
+        means = {k: v.item() / self._steps for k, v in self._sums.items()}
+        self._sums, self._steps = {}, 0
+        total, acc = means.pop("total"), means.pop("domain_acc")
         if not math.isfinite(total):
             raise TrainingDiverged(
-                f"loss became {total} at iteration {iteration} (seg {losses['seg']}, dist {losses['dist']}, "
-                f"spt {losses['spt']}); the last good checkpoint is kept"
+                f"loss became {total} by iteration {iteration} (seg {means['seg']}, dist {means['dist']}, "
+                f"spt {means['spt']}); the last good checkpoint is kept"
             )
         now = time.perf_counter()
         ips = (iteration - self._it) * self.images_per_step / max(now - self._t, 1e-9)
         self._t, self._it = now, iteration
         metrics = {"iter": iteration, "lr": lr, "loss/total": total}
-        metrics.update({f"loss/{k}": v for k, v in losses.items()})
-        metrics.update({"domain_acc": out.domain_acc.item(), "images_per_s": ips})
+        metrics.update({f"loss/{k}": v for k, v in means.items()})
+        metrics.update({"domain_acc": acc, "images_per_s": ips})
         if self.log is not None:
             self.log(self.line(metrics))
         return metrics

@@ -39,7 +39,7 @@ from road_ray.sweeps.results import (  # noqa: E402
     selected_trial,
 )
 from road_ray.sweeps.selection import selection_markdown  # noqa: E402
-from road_ray.sweeps.study import is_study, wall_time, write_study  # noqa: E402
+from road_ray.sweeps.study import is_study, merge_studies, wall_time, write_study  # noqa: E402
 
 MIN_TRIALS_FOR_IMPORTANCE = 3
 SCATTER_KEYS = ("road.lambda_dist", "road.lambda_spt")  # log-scaled x
@@ -47,9 +47,14 @@ CATEGORY_KEYS = ("road.grid", "model.teacher_layer")
 COMPLETE, STOPPED = "complete", "stopped early (ASHA)"
 
 
-def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None, log=print) -> Path:
-    """Write report.md, trials.csv and the PNG plots; returns the report's folder."""
-    exp = read_experiment(experiment_dir)
+def write_report(experiment_dir: str | Path | list[str | Path], out_dir: str | Path | None = None, log=print) -> Path:
+    """Write report.md, trials.csv and the PNG plots; returns the report's folder.
+
+    Several experiment folders: a study and experiments that add seeds to its points, read as
+    one study (:func:`road_ray.sweeps.study.merge_studies`).
+    """
+    dirs = experiment_dir if isinstance(experiment_dir, list) else [experiment_dir]
+    exp = read_experiment(dirs[0]) if len(dirs) == 1 else merge_studies([read_experiment(d) for d in dirs])
     # Beside a local experiment; for one on object storage, in the current folder.
     out = Path(out_dir) if out_dir else (Path(f"{exp.name}-report") if is_uri(exp.uri) else exp.path / "report")
     out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +152,12 @@ def _provenance(exp: Experiment) -> list[str]:
     if exp.record.get("created"):
         parts.append(f"started {exp.record['created']}")
     if seconds is not None:
-        parts.append(f"wall time {seconds / 60:.1f} min (start to last report)")
+        how = (
+            f"summed over its {len(exp.record['parts'])} experiments"
+            if exp.record.get("parts")
+            else "start to last report"
+        )
+        parts.append(f"wall time {seconds / 60:.1f} min ({how})")
     if m:
         gpus = int(m.get("cluster_gpus") or 0)
         parts.append(

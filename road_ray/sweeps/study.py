@@ -12,6 +12,7 @@ the target labels. The study's raw numbers go to ``study.json``. No Ray here.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from road_ray import jsonio
+from road_ray.sweeps.experiment import ExperimentError  # noqa: E402
 from road_ray.sweeps.metrics import LABEL_FREE_PROXIES  # noqa: E402
 from road_ray.sweeps.results import Experiment, display_path, number  # noqa: E402
 from road_ray.sweeps.stats import difference_ci  # noqa: E402
@@ -106,10 +108,56 @@ def study_results(exp: Experiment) -> dict[str, Any]:
         "points": out_points,
         "studies": space.get("studies") or {},
         "settings": settings_summary(exp),
+        "parts": exp.record.get("parts"),
     }
     result["gap_closed"] = {name: gap_closed(result, name) for name in points}
     result["vs_baseline"] = {name: vs_baseline(out_points, baseline, name) for name in points}
     return result
+
+
+def merge_studies(parts: list[Experiment]) -> Experiment:
+    """One study from ``parts[0]`` and experiments that add seeds to some of its points.
+
+    A study topped up later (e.g. two more seeds where its differences are small) is read as
+    one: every part must be a study with the same base config, each of its points must be one of
+    the first part's with the same overrides, and no (point, seed) may run twice. The merged
+    record keeps the first part's space (its studies, baseline, upper bound) and lists the parts;
+    its wall time is the sum of theirs.
+    """
+    main = parts[0]
+    if not all(is_study(p) for p in parts):
+        names = ", ".join(p.name for p in parts if not is_study(p))
+        raise ExperimentError(f"{names}: not a study (no points: in its space); only studies can be read together")
+    main_points = main.record["space"]["points"]
+    seen = {(t.params.get(POINT_KEY), t.params.get("run.seed")): main.name for t in main.trials}
+    for part in parts[1:]:
+        if part.record.get("base_config") != main.record.get("base_config"):
+            raise ExperimentError(f"{part.name}: its base config differs from {main.name}'s; not the same study")
+        for name, overrides in part.record["space"]["points"].items():
+            if main_points.get(name) != overrides:
+                raise ExperimentError(
+                    f"{part.name}: point {name!r} is {overrides}, but in {main.name} it is {main_points.get(name)}"
+                )
+        for t in part.trials:
+            key = (t.params.get(POINT_KEY), t.params.get("run.seed"))
+            if key in seen:
+                raise ExperimentError(f"{part.name}: point {key[0]!r} seed {key[1]} already ran in {seen[key]}")
+            seen[key] = part.name
+    record = copy.deepcopy(main.record)
+    seeds = sorted({t.params.get("run.seed") for p in parts for t in p.trials}, key=str)
+    record["space"].setdefault("grid", {})["run.seed"] = seeds
+    record["parts"] = [
+        {
+            "experiment": p.name,
+            "runs": len(p.trials),
+            "wall_time_s": wall_time(p),
+            "commit": (p.record.get("machine") or {}).get("commit"),
+            "created": p.record.get("created"),
+        }
+        for p in parts
+    ]
+    trials = [t for p in parts for t in p.trials]
+    return Experiment(main.path, trials, main.metric, main.mode, list(main.searched_keys), record, main.uri)
 
 
 def vs_baseline(points: dict[str, Any], baseline: str | None, name: str) -> dict[str, Any] | None:
@@ -151,7 +199,10 @@ def settings_summary(exp: Experiment) -> dict[str, Any]:
 
 
 def wall_time(exp: Experiment) -> float | None:
-    """From the sweep's creation to the last report of any trial."""
+    """From the sweep's creation to the last report of any trial (of a merged study: the sum of its parts')."""
+    if exp.record.get("parts"):
+        times = [p.get("wall_time_s") for p in exp.record["parts"]]
+        return None if None in times else float(sum(times))
     start = exp.record.get("created_unix")
     if start is None and exp.record.get("created"):
         try:
@@ -186,10 +237,18 @@ def write_study(exp: Experiment, out: Path) -> tuple[list[str], list[tuple[str, 
     lines += [
         f"Every point: {s['network']}, {s['iterations']} iterations, {s['batch']} crops of {s['crop']} px, "
         f"teacher at {s['teacher_layer']}, λ1 = {s['lambda_dist']}, λ2 = {s['lambda_spt']}, grid {s['grid']} "
-        "unless the point sets them; the same seeds for every point. Numbers are each run's final evaluation "
-        "(target-val mIoU, %), mean ± std over seeds; raw numbers in `study.json`.",
+        "unless the point sets them; the same seeds for every point that has them (n: the seeds a point ran). "
+        "Numbers are each run's final evaluation (target-val mIoU, %), mean ± std over seeds; raw numbers in "
+        "`study.json`.",
         "",
     ]
+    if result.get("parts"):
+        runs = ", ".join(
+            f"{p['experiment']} ({p['runs']} runs, commit {p['commit'] or 'unknown'}, started {p['created']}"
+            + (f", {p['wall_time_s'] / 60:.0f} min)" if p.get("wall_time_s") is not None else ")")
+            for p in result["parts"]
+        )
+        lines += [f"The runs of {len(result['parts'])} experiments, read together: {runs}.", ""]
     lines += points_table(result) + [""]
     plots = []
     for key, study in result["studies"].items():
