@@ -216,6 +216,18 @@ def test_report_cli(tmp_path):
     assert main(["report", "--experiment", str(tmp_path / "missing")]) == 2
 
 
+def test_a_running_trial_without_a_report_is_one_trial(tmp_path):
+    """Tune's ids hold an underscore (eb240_00002); a running trial's folder has no report yet."""
+    running = _trial("eb240_00002", 0.1, 0.3, "3x3", "layer4", [], status="RUNNING")
+    exp = read_experiment(make_experiment(tmp_path, trials=[TRIALS[0], running]))
+    assert [(t.trial_id, t.state) for t in exp.trials] == [("aaa00001", "complete"), ("eb240_00002", "unfinished")]
+    # Before Tune lists it in its state file, the folder's name gives the id.
+    for state in (tmp_path / "minicity-test").glob("experiment_state-*.json"):
+        state.write_text(json.dumps({"trial_data": json.loads(state.read_text())["trial_data"][:1]}))
+    exp = read_experiment(tmp_path / "minicity-test")
+    assert [t.trial_id for t in exp.trials] == ["aaa00001", "eb240_00002"] and exp.trials[1].state == "not started"
+
+
 def test_a_restored_experiment_reads_the_newest_state(tmp_path):
     path = make_experiment(tmp_path)
     newest = path / "experiment_state-2026-01-01_00-00-00.json"

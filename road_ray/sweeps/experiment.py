@@ -19,6 +19,7 @@ import json
 import math
 import os
 import posixpath
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,10 +143,14 @@ def read_experiment(experiment_dir: str | Path) -> Experiment:
         raise ExperimentError(f"experiment folder {str(path)!r} does not exist")
     record = _read_json(path / SWEEP_RECORD) or {}
     states = _trial_states(path)
+    by_logdir = {state["logdir"]: trial_id for trial_id, state in states.items() if state.get("logdir")}
     trial_dirs = {}
     for d in sorted(p for p in path.iterdir() if p.is_dir() and (p / "params.json").is_file()):
         rows = _read_rows(d)
-        trial_id = (rows[0].get("trial_id") if rows else None) or _trial_id_from_dirname(d.name)
+        # A running trial's folder may have no report yet: its id is then the state's, or the name's.
+        trial_id = (
+            (rows[0].get("trial_id") if rows else None) or by_logdir.get(d.name) or _trial_id_from_dirname(d.name)
+        )
         trial_dirs[trial_id] = (d, rows)
     ids = list(states) + [i for i in trial_dirs if i not in states]
     if not ids:
@@ -260,9 +265,10 @@ def _infer_status(trial_dir: Path | None, rows: list[dict[str, Any]]) -> str:
 
 
 def _trial_id_from_dirname(name: str) -> str:
-    # "<trainable>_<trialid>_<n>_<tag>_<date>"
-    parts = name.split("_")
-    return parts[1] if len(parts) > 1 else name
+    # road-ray's "trial_<id>" or Tune's default "<trainable>_<id>_<n>_<tag>_<date>", where a
+    # trial id is "<hex>_<5 digits>" (e.g. eb240_00002)
+    match = re.search(r"(?:^|_)([0-9a-f]{5,8}_\d{5})(?:_|$)", name)
+    return match.group(1) if match else name.removeprefix("trial_")
 
 
 def _read_json(path: Path) -> Any:
