@@ -135,6 +135,7 @@ def make_study_experiment(
                 "target_entropy": 1.0 / miou,
                 "trial_id": trial_id,
                 "timestamp": created + 200 + i,
+                "time/wall": 150.0,
             },
         ]
         (d / "result.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -172,8 +173,11 @@ def test_a_study_topped_up_with_seeds_reads_as_one(tmp_path):
     assert [p["runs"] for p in result["parts"]] == [6, 2] and result["parts"][1]["commit"] == "eeds"
     # the wall time is the parts' own, not the hours between them: (205 - 0) + (201 - 0) from each creation
     assert result["settings"]["wall_time_s"] == (900 + 205 - 900) + (5000 + 201 - 5000)
+    # trials running: the union of the runs' spans (each 150 s, one a second after the other)
+    assert result["settings"]["runs_time_s"] == (1105 - 950) + (5201 - 5050)
     md = (write_report([main, more], tmp_path / "r", log=lambda *_: None) / "report.md").read_text()
     assert "The runs of 2 experiments, read together: study-test (6 runs" in md and "more-seeds (2 runs" in md
+    assert "trials running 5.1 min" in md  # 306 s
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ from road_ray.sweeps.results import (  # noqa: E402
     selected_trial,
 )
 from road_ray.sweeps.selection import selection_markdown  # noqa: E402
-from road_ray.sweeps.study import is_study, merge_studies, wall_time, write_study  # noqa: E402
+from road_ray.sweeps.study import is_study, merge_studies, runs_time, wall_time, write_study  # noqa: E402
 
 MIN_TRIALS_FOR_IMPORTANCE = 3
 SCATTER_KEYS = ("road.lambda_dist", "road.lambda_spt")  # log-scaled x
@@ -157,7 +157,9 @@ def _provenance(exp: Experiment) -> list[str]:
             if exp.record.get("parts")
             else "start to last report"
         )
-        parts.append(f"wall time {seconds / 60:.1f} min ({how})")
+        busy = runs_time(exp)
+        busy_text = f"; trials running {busy / 60:.1f} min" if busy is not None else ""
+        parts.append(f"wall time {seconds / 60:.1f} min ({how}{busy_text})")
     if m:
         gpus = int(m.get("cluster_gpus") or 0)
         parts.append(

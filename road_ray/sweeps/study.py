@@ -151,6 +151,7 @@ def merge_studies(parts: list[Experiment]) -> Experiment:
             "experiment": p.name,
             "runs": len(p.trials),
             "wall_time_s": wall_time(p),
+            "runs_time_s": runs_time(p),
             "commit": (p.record.get("machine") or {}).get("commit"),
             "created": p.record.get("created"),
         }
@@ -195,6 +196,7 @@ def settings_summary(exp: Experiment) -> dict[str, Any]:
         "max_val_images": data.get("max_val_images"),
         "machine": exp.record.get("machine"),
         "wall_time_s": wall_time(exp),
+        "runs_time_s": runs_time(exp),
     }
 
 
@@ -213,6 +215,27 @@ def wall_time(exp: Experiment) -> float | None:
     if start is None or not ends:
         return None
     return max(ends) - float(start)
+
+
+def runs_time(exp: Experiment) -> float | None:
+    """Seconds during which at least one trial was running: the union of each trial's span, from
+    its last report's ``timestamp`` back by that report's ``time/wall``. Unlike :func:`wall_time`
+    it leaves out the hours between the sessions of an experiment stopped and resumed later."""
+    spans = []
+    for t in exp.trials:
+        timed = [r for r in t.rows if number(r.get("timestamp")) is not None and number(r.get("time/wall")) is not None]
+        if timed:
+            end = float(timed[-1]["timestamp"])
+            spans.append((end - float(timed[-1]["time/wall"]), end))
+    if not spans:
+        return None
+    total, reach = 0.0, None
+    for start, end in sorted(spans):
+        if reach is None or start > reach:
+            total, reach = total + end - start, end
+        elif end > reach:
+            total, reach = total + end - reach, end
+    return total
 
 
 def mean_std(values: list[Any]) -> dict[str, Any]:
@@ -245,7 +268,7 @@ def write_study(exp: Experiment, out: Path) -> tuple[list[str], list[tuple[str, 
     if result.get("parts"):
         runs = ", ".join(
             f"{p['experiment']} ({p['runs']} runs, commit {p['commit'] or 'unknown'}, started {p['created']}"
-            + (f", {p['wall_time_s'] / 60:.0f} min)" if p.get("wall_time_s") is not None else ")")
+            + (f", trials running {p['runs_time_s'] / 60:.0f} min)" if p.get("runs_time_s") is not None else ")")
             for p in result["parts"]
         )
         lines += [f"The runs of {len(result['parts'])} experiments, read together: {runs}.", ""]
