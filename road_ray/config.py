@@ -235,8 +235,12 @@ class RunConfig:
     log_every: int = 10  # the progress line's (and a report's) losses: the mean over these steps
     # Fixes the initialisation, the crop draws and the shard files' order; not the order in
     # which Ray Data's parallel tasks deliver rows, nor its local shuffle; two runs of one seed are two draws
-    # (docs/results/minicity.md measures how far apart).
+    # (docs/results/minicity.md measures how far apart) unless run.reproducible is set.
     seed: int = 0
+    # True: the train streams deliver rows in task order (Ray Data's preserve_order) and the local
+    # shuffle is seeded, so two one-worker runs of one seed on one machine take the same batches;
+    # streaming waits on the slowest task for it (docs/ray.md). Several workers still split rows as they ask.
+    reproducible: bool = False
     max_failures: int = 2
     storage: str = ""  # "" -> ~/road-ray-results
     name: str = ""  # "" -> built from the settings

@@ -142,6 +142,32 @@ def test_new_crops_every_epoch_and_every_block(ray_session, shards, cfg):
     assert len(np.unique(boxes[:, B.SCALE])) == len(boxes)
 
 
+def test_a_reproducible_stream_gives_the_same_batches_twice(ray_session, tmp_path, cfg):
+    """run.reproducible's two switches: rows in task order (preserve_order) and a seeded local
+    shuffle; with both, two executions of one seed deliver the same step batches, over epochs."""
+    from road_ray.on_ray.data import mixed_domain_batches, train_stream
+
+    write_split(tmp_path / "source", SOURCE_ROWS, "source", True, seed=0, max_rows=2)  # 7 files, 7 read tasks
+    write_split(tmp_path / "target", TARGET_ROWS, "target", False, seed=1, max_rows=2)
+
+    def run() -> list[dict[str, torch.Tensor]]:
+        source = train_stream(str(tmp_path / "source"), cfg, seed=0, labeled=True)
+        target = train_stream(str(tmp_path / "target"), cfg, seed=1, labeled=False)
+        for ds in (source, target):
+            ds.context.execution_options.preserve_order = True  # what Train's DataConfig gets
+        batches = mixed_domain_batches(
+            source, target, batch_source=2, batch_target=3, prefetch_batches=1, shuffle_buffer=6, shuffle_seed=0
+        )
+        return take(batches, 14)  # two and a half source epochs
+
+    first, second = run(), run()
+    for a, b in zip(first, second, strict=True):
+        check_step(a, cfg)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # still new crops every epoch (6 source steps each), not one epoch repeated
+    assert not torch.equal(first[0]["source_box"], first[6]["source_box"])
+
+
 def test_two_worker_equal_split(ray_session, shards, cfg):
     """What Ray Train does with DataConfig(datasets_to_split=[...]): streaming_split(n, equal=True)."""
     from road_ray.on_ray.data import mixed_domain_batches

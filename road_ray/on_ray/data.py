@@ -270,19 +270,23 @@ def endless_batches(
     prefetch_batches: int,
     device: str | torch.device,
     shuffle_buffer: int | None,
+    shuffle_seed: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Full batches of ``stream`` forever: a new epoch (a new execution: new crops, new file
     order) starts whenever one ends. On a ``streaming_split`` iterator every epoch start is a
-    barrier across the splits, which ``equal=True`` keeps in step (equal rows -> equal batches)."""
+    barrier across the splits, which ``equal=True`` keeps in step (equal rows -> equal batches).
+    ``shuffle_seed``: seeds the local shuffle (``shuffle_seed + epoch``); None leaves it unseeded."""
     if shuffle_buffer is None:
         shuffle_buffer = DEFAULT_SHUFFLE_BATCHES * batch_size
     buffer = max(shuffle_buffer, batch_size) if shuffle_buffer > 0 else None
+    epoch = 0
     while True:
         batches = 0
         for batch in stream.iter_torch_batches(
             batch_size=batch_size,
             prefetch_batches=prefetch_batches,
             local_shuffle_buffer_size=buffer,
+            local_shuffle_seed=None if shuffle_seed is None or buffer is None else shuffle_seed + epoch,
             drop_last=True,
             collate_fn=_TensorColumns(columns),
             device=device,
@@ -294,6 +298,7 @@ def endless_batches(
                 f"the {name} stream holds fewer rows than one batch of {batch_size} "
                 f"(after splitting across workers): no step can be taken; use more data or a smaller batch"
             )
+        epoch += 1
 
 
 def mixed_domain_batches(
@@ -305,6 +310,7 @@ def mixed_domain_batches(
     prefetch_batches: int,
     device: str | torch.device = "cpu",
     shuffle_buffer: int | None = None,
+    shuffle_seed: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """One step batch per iteration, forever (the batch contract of docs/ARCHITECTURE.md).
 
@@ -319,14 +325,23 @@ def mixed_domain_batches(
     splits, at the same step) or a Dataset. Every rank must keep taking steps: a rank that
     stops iterating holds the others at the next epoch start.
     ``shuffle_buffer``: rows of the local shuffle buffer per stream; None means
-    ``DEFAULT_SHUFFLE_BATCHES`` batches, 0 turns it off. ``device``: where tensors land
+    ``DEFAULT_SHUFFLE_BATCHES`` batches, 0 turns it off; ``shuffle_seed`` seeds it (the target
+    stream's with ``shuffle_seed + 1``), None leaves it unseeded. ``device``: where tensors land
     (``"auto"``: the Train worker's device).
     """
     common = dict(prefetch_batches=prefetch_batches, device=device, shuffle_buffer=shuffle_buffer)
+    target_seed = None if shuffle_seed is None else shuffle_seed + 1
     source = endless_batches(
-        source_it, name="source", columns=("image", "label", "box"), batch_size=batch_source, **common
+        source_it,
+        name="source",
+        columns=("image", "label", "box"),
+        batch_size=batch_source,
+        shuffle_seed=shuffle_seed,
+        **common,
     )
-    target = endless_batches(target_it, name="target", columns=("image", "box"), batch_size=batch_target, **common)
+    target = endless_batches(
+        target_it, name="target", columns=("image", "box"), batch_size=batch_target, shuffle_seed=target_seed, **common
+    )
     for s, t in zip(source, target):
         yield {
             "source_image": s["image"],

@@ -122,6 +122,7 @@ def _step_batches(cfg: Config):
         batch_target=cfg.data.batch_target,
         prefetch_batches=cfg.data.prefetch_batches,
         device="cpu",
+        shuffle_seed=cfg.run.seed if cfg.run.reproducible else None,
     )
 
 
@@ -260,7 +261,19 @@ def build_trainer(
             ),  # keeps the best-by-mIoU checkpoint; Ray always keeps the latest as well
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=list(TRAIN_SPLITS)),
+        dataset_config=_dataset_config(cfg),
+    )
+
+
+def _dataset_config(cfg: Config) -> ray.train.DataConfig:
+    """Train splits the train streams across the workers. Train sets each dataset's execution
+    options itself (a dataset's own are replaced), so run.reproducible's ordered delivery goes here."""
+    if not cfg.run.reproducible:
+        return ray.train.DataConfig(datasets_to_split=list(TRAIN_SPLITS))
+    ordered = ray.train.DataConfig.default_ingest_options()
+    ordered.preserve_order = True
+    return ray.train.DataConfig(
+        datasets_to_split=list(TRAIN_SPLITS), execution_options={name: ordered for name in TRAIN_SPLITS}
     )
 
 
