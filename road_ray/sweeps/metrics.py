@@ -42,8 +42,8 @@ LABEL_FREE_PROXIES: tuple[str, ...] = (
 )
 
 # What `tune.py --select` (no value) optimises: the label-free criterion with the smallest
-# worst-case regret in the MiniCity measurement, though far from reliable there
-# (docs/results/minicity.md, "Selecting without target labels").
+# worst-case regret in the MiniCity measurement (tied with its inter-class half over 73 trials),
+# though far from reliable there (docs/results/minicity.md, "Selecting without target labels").
 DEFAULT_SELECT = "val/mixval"
 
 
